@@ -1,0 +1,95 @@
+"""System checks: settings.JOBS and INSTALLED_APPS are validated by ``manage.py check``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import apps
+from django.core.checks import Error, register
+from django.utils.module_loading import import_string
+
+from django_dbq import tasks
+
+
+@register()
+def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """django-pgtrigger must be installed beside django_dbq."""
+    if apps.is_installed("pgtrigger"):
+        return []
+    return [
+        Error(
+            "django_dbq needs django-pgtrigger to install its ledger triggers.",
+            hint='Add "pgtrigger" to INSTALLED_APPS, beside "django_dbq".',
+            id="django_dbq.E001",
+        )
+    ]
+
+
+@register()
+def check_jobs_setting(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Every job in settings.JOBS has tasks, and every task and hook path imports."""
+    jobs = tasks.get_jobs_setting()
+    if not isinstance(jobs, dict):
+        return [Error("settings.JOBS must be a dict of job names.", id="django_dbq.E002")]
+    errors: list[Error] = []
+    for name, config in jobs.items():
+        errors.extend(_check_job(name, config))
+    return errors
+
+
+def _check_job(name: str, config: Any) -> list[Error]:
+    if not isinstance(config, (dict, list, tuple)):
+        return [
+            Error(
+                f"settings.JOBS[{name!r}] must be a dict with a 'tasks' list, or a list of tasks.",
+                id="django_dbq.E002",
+            )
+        ]
+    errors = []
+    if len(str(name)) > 100:
+        errors.append(Error(f"Job name {name!r} is over 100 characters.", id="django_dbq.E003"))
+    task_paths = tasks.get_task_names(name)
+    if not task_paths:
+        errors.append(
+            Error(
+                f"settings.JOBS[{name!r}] lists no tasks.",
+                hint="Give it a 'tasks' list with at least one dotted path to a function.",
+                id="django_dbq.E004",
+            )
+        )
+    for path in task_paths:
+        errors.extend(_check_path(name, "task", path, max_length=100))
+    config = tasks.get_job_config(name)
+    for key in tasks.HOOK_KEYS:
+        if config.get(key):
+            errors.extend(_check_path(name, key, config[key]))
+    return errors
+
+
+def _check_path(job: str, what: str, path: Any, max_length: int | None = None) -> list[Error]:
+    if not isinstance(path, str):
+        return [
+            Error(
+                f"settings.JOBS[{job!r}] {what} {path!r} is not a dotted path string.",
+                id="django_dbq.E005",
+            )
+        ]
+    if max_length and len(path) > max_length:
+        return [
+            Error(
+                f"settings.JOBS[{job!r}] {what} {path!r} is over {max_length} characters "
+                "(the next_task column holds 100).",
+                id="django_dbq.E006",
+            )
+        ]
+    try:
+        import_string(path)
+    except ImportError as exc:
+        return [
+            Error(
+                f"settings.JOBS[{job!r}] {what} {path!r} does not import: {exc}",
+                hint="Fix the dotted path, or make the module importable.",
+                id="django_dbq.E007",
+            )
+        ]
+    return []

@@ -1,0 +1,99 @@
+"""The JobEvent ledger: one immutable row per transition of a job."""
+
+from __future__ import annotations
+
+import pgtrigger
+from django.contrib.postgres.indexes import BrinIndex
+from django.db import models
+
+from django_dbq.projections.models import Job
+
+
+class EventKind(models.TextChoices):
+    """The kinds of event a job's history holds; OCCURS_WHEN says when each is appended."""
+
+    CREATED = "created"
+    CLAIMED = "claimed"
+    TASK_DONE = "task_done"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    LEASE_EXPIRED = "lease_expired"
+    UPDATED = "updated"
+
+
+OCCURS_WHEN: dict[str, str] = {
+    EventKind.CREATED: "a job is enqueued (Job.objects.create, bulk_create, or an imported job)",
+    EventKind.CLAIMED: "a worker takes a NEW or READY job to run its next task",
+    EventKind.TASK_DONE: "a task finished and more tasks remain",
+    EventKind.COMPLETED: "the last task finished",
+    EventKind.FAILED: "a task or the pre-task hook raised",
+    EventKind.STOPPING: "the worker running the job got SIGTERM or SIGINT",
+    EventKind.LEASE_EXPIRED: "a worker's lease on a job ran out; the job is READY again",
+    EventKind.UPDATED: "job.save() or the admin changed fields of an existing job",
+}
+
+
+class ClockTimestamp(models.Func):
+    """clock_timestamp(): the time of each row, so a batch keeps its order in time."""
+
+    template = "clock_timestamp()"
+    output_field = models.DateTimeField()
+
+
+class JobEvent(models.Model):
+    """One transition of one job; (job, version) orders a job's history."""
+
+    id = models.BigAutoField(primary_key=True)
+    # No database foreign key: the projection can be dropped and rebuilt from here.
+    job = models.ForeignKey(
+        Job,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="events",
+    )
+    version = models.PositiveIntegerField()
+    kind = models.CharField(max_length=20, choices=EventKind.choices)
+    payload = models.JSONField(default=dict)
+    at = models.DateTimeField(db_default=ClockTimestamp())
+
+    class Meta:
+        ordering = ["job_id", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "version"], name="django_dbq_event_job_version"),
+        ]
+        indexes = [
+            # Events arrive in time order, so a BRIN index answers time ranges for little cost.
+            BrinIndex(fields=["at"], name="django_dbq_event_at_brin"),
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="protect_ledger",
+                level=pgtrigger.Statement,
+                when=pgtrigger.Before,
+                operation=pgtrigger.Update | pgtrigger.Delete | pgtrigger.Truncate,
+                func="""
+                IF TG_OP = 'DELETE' AND current_setting('dbq.retention', true) = 'on' THEN
+                    RETURN NULL;
+                END IF;
+                RAISE EXCEPTION 'django_dbq: the job ledger is append-only; % on django_dbq_jobevent is refused', TG_OP
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'Record a change by appending an event; remove old finished jobs with manage.py delete_old_jobs.';
+                """,
+            ),
+            pgtrigger.Trigger(
+                name="apply_events",
+                level=pgtrigger.Statement,
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                referencing=pgtrigger.Referencing(new="new_events"),
+                func="""
+                PERFORM dbq_apply_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));
+                RETURN NULL;
+                """,
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} v{self.version} {self.kind}"

@@ -1,0 +1,36 @@
+-- Named statements of the ledger's write side. Each appends events in one
+-- statement; the ledger's statement trigger applies them to the projection.
+
+-- name: events_insert_created
+-- Append one `created` event (version 1) per new job, in the order given;
+-- at = clock_timestamp() per row, so jobs created together keep their order.
+INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
+SELECT e.job_id, 1, 'created', e.payload
+FROM unnest(%(job_ids)s::uuid[], %(payloads)s::jsonb[]) WITH ORDINALITY AS e(job_id, payload, n)
+ORDER BY e.n
+RETURNING job_id, at
+
+-- name: events_append
+-- Append one event per job at the job's next version. Locking the projection
+-- rows first serialises writers of the same job, so a concurrent writer waits
+-- and then reads the version this statement leaves behind.
+WITH incoming AS (
+    SELECT *
+    FROM unnest(%(job_ids)s::uuid[], %(kinds)s::text[], %(payloads)s::jsonb[])
+        WITH ORDINALITY AS i(job_id, kind, payload, n)
+), current_version AS (
+    SELECT j.id, j.version
+    FROM django_dbq_job j
+    WHERE j.id IN (SELECT job_id FROM incoming)
+    FOR NO KEY UPDATE
+)
+INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
+SELECT i.job_id, c.version + 1, i.kind, i.payload
+FROM incoming i
+JOIN current_version c ON c.id = i.job_id
+ORDER BY i.n
+RETURNING job_id, version, at
+
+-- name: events_delete_old_jobs
+-- The retention path: whole histories of finished jobs created before a time.
+SELECT dbq_delete_old_jobs_v1(%(created_before)s)

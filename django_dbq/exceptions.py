@@ -1,0 +1,27 @@
+"""Errors raised by django-dbq, each naming the problem and the fix."""
+
+from __future__ import annotations
+
+
+class DbqError(Exception):
+    """Base class of django-dbq errors."""
+
+
+class JobConfigError(DbqError, ValueError):
+    """settings.JOBS does not describe the job that was asked for."""
+
+
+class UnknownJobError(JobConfigError):
+    """A job name that settings.JOBS does not define."""
+
+
+class InvalidJobError(DbqError, ValueError):
+    """A job field holds a value the queue cannot store."""
+
+
+class ProjectionWriteError(DbqError, RuntimeError):
+    """A direct write to the Job projection, which only the ledger trigger may write."""
+
+
+class JobGoneError(DbqError, LookupError):
+    """An event was appended for a job that is not in the projection."""

@@ -1,0 +1,45 @@
+"""A job's timeline, read from the ledger."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django_dbq.events.models import JobEvent
+
+HEADER = ("time", "version", "event", "worker", "task", "duration", "error")
+
+
+def job_timeline(job_id: uuid.UUID | str) -> list[tuple[str, ...]]:
+    """Return one row per event of the job: time, version, kind, worker, task, duration, error."""
+    events = JobEvent.objects.filter(job_id=job_id).order_by("version")
+    return [_row(event) for event in events]
+
+
+def _row(event: JobEvent) -> tuple[str, ...]:
+    payload: dict[str, Any] = event.payload or {}
+    worker = payload.get("worker") or ""
+    task = payload.get("task") or payload.get("next_task") or ""
+    duration = payload.get("duration")
+    error = payload.get("error") or {}
+    kind = event.kind + (" (imported)" if payload.get("imported") else "")
+    return (
+        event.at.isoformat(timespec="milliseconds"),
+        str(event.version),
+        kind,
+        str(worker),
+        str(task),
+        f"{duration:.3f}s" if isinstance(duration, (int, float)) else "",
+        f"{error.get('type', '')}: {error.get('message', '')}" if error else "",
+    )
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Align rows under HEADER in columns."""
+    table = [HEADER, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+    return "\n".join(lines)

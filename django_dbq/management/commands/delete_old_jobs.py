@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from django_dbq.models import Job
+
+
+class Command(BaseCommand):
+    help = "Delete COMPLETE and FAILED jobs, with their whole history, created over N hours ago."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--hours",
+            type=int,
+            default=None,
+            help="Delete jobs older than this many hours (default 24).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        deleted = Job.objects.delete_old(hours=options["hours"])
+        self.stdout.write(f"Deleted old jobs ({deleted})")

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from django_dbq.projections.replay import replay_events, verify_projection
+
+
+class Command(BaseCommand):
+    help = (
+        "Rebuild the Job projection from the event ledger, or --verify that a rebuild matches it."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--verify",
+            action="store_true",
+            help="Rebuild into a rolled-back transaction and diff it against the live table; "
+            "exit 1 on drift.",
+        )
+        parser.add_argument("--database", default="default", help="Database alias.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        started = time.perf_counter()
+        if not options["verify"]:
+            events = replay_events(using=options["database"])
+            self.stdout.write(f"replayed {events} events in {time.perf_counter() - started:.2f}s")
+            return
+        result = verify_projection(using=options["database"])
+        elapsed = time.perf_counter() - started
+        if result.ok:
+            self.stdout.write(
+                f"ok: replaying {result.events} events gives the live projection "
+                f"({result.jobs} jobs) in {elapsed:.2f}s"
+            )
+            return
+        self.stderr.write(f"drift: {result.drift_count} jobs differ between live and replay")
+        for drift in result.drift:
+            self.stderr.write(f"  {drift.describe()}")
+        if result.drift_count > len(result.drift):
+            self.stderr.write(f"  ... and {result.drift_count - len(result.drift)} more")
+        raise SystemExit(1)

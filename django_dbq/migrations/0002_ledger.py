@@ -1,0 +1,212 @@
+"""The job ledger: the JobEvent table, the apply function and the triggers.
+
+Jobs already in the table (a database upgraded from django-db-queue 3.x) are moved
+into the ledger: each gets an imported `created` event holding its fields, and the
+trigger writes its projection row back, identical to what it was.
+"""
+
+import django.contrib.postgres.indexes
+import django.db.models.deletion
+import pgtrigger.compiler
+import pgtrigger.migrations
+from django.db import migrations, models
+
+import django_dbq.events.models
+from django_dbq.sqlfiles import read_sql
+
+STASH_JOBS = """
+CREATE TEMP TABLE dbq_import ON COMMIT DROP AS SELECT * FROM django_dbq_job;
+DELETE FROM django_dbq_job;
+"""
+
+IMPORT_JOBS = """
+INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
+SELECT id, 1, 'created', jsonb_build_object(
+    'imported', true,
+    'name', name, 'state', state, 'next_task', next_task, 'workspace', workspace,
+    'queue_name', queue_name, 'priority', priority, 'run_after', run_after,
+    'created', created, 'modified', modified)
+FROM dbq_import
+ORDER BY created, id;
+"""
+
+FUNCTIONS = [
+    ("django_dbq.projections", "sql/apply_events_v1.sql", "dbq_next_state_v1(text, text, jsonb)"),
+    (
+        "django_dbq.projections",
+        "sql/apply_events_v1.sql",
+        "dbq_apply_events_v1(django_dbq_jobevent[])",
+    ),
+    ("django_dbq.projections", "sql/replay_events_v1.sql", "dbq_replay_events_v1()"),
+    ("django_dbq.events", "sql/delete_old_jobs_v1.sql", "dbq_delete_old_jobs_v1(timestamptz)"),
+]
+
+
+def install_functions(apps, schema_editor):
+    for text in dict.fromkeys(read_sql(package, path) for package, path, _ in FUNCTIONS):
+        schema_editor.execute(text, params=None)
+
+
+def drop_functions(apps, schema_editor):
+    for _, _, signature in reversed(FUNCTIONS):
+        schema_editor.execute(f"DROP FUNCTION IF EXISTS {signature}", params=None)
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("django_dbq", "0001_squashed_0006_alter_job_state"),
+    ]
+
+    operations = [
+        migrations.CreateModel(
+            name="JobEvent",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("version", models.PositiveIntegerField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("created", "Created"),
+                            ("claimed", "Claimed"),
+                            ("task_done", "Task Done"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed"),
+                            ("stopping", "Stopping"),
+                            ("lease_expired", "Lease Expired"),
+                            ("updated", "Updated"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("payload", models.JSONField(default=dict)),
+                (
+                    "at",
+                    models.DateTimeField(db_default=django_dbq.events.models.ClockTimestamp()),
+                ),
+                (
+                    "job",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        db_index=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="events",
+                        to="django_dbq.job",
+                    ),
+                ),
+            ],
+            options={"ordering": ["job_id", "version"]},
+        ),
+        migrations.AddIndex(
+            model_name="jobevent",
+            index=django.contrib.postgres.indexes.BrinIndex(
+                fields=["at"], name="django_dbq_event_at_brin"
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="jobevent",
+            constraint=models.UniqueConstraint(
+                fields=("job", "version"), name="django_dbq_event_job_version"
+            ),
+        ),
+        migrations.AddField(
+            model_name="job",
+            name="version",
+            field=models.PositiveIntegerField(default=0, editable=False),
+        ),
+        migrations.AlterField(
+            model_name="job",
+            name="created",
+            field=models.DateTimeField(auto_now_add=True),
+        ),
+        migrations.AlterField(
+            model_name="job",
+            name="state",
+            field=models.CharField(
+                choices=[
+                    ("NEW", "New"),
+                    ("READY", "Ready"),
+                    ("PROCESSING", "Processing"),
+                    ("STOPPING", "Stopping"),
+                    ("FAILED", "Failed"),
+                    ("COMPLETE", "Complete"),
+                ],
+                default="NEW",
+                max_length=20,
+            ),
+        ),
+        migrations.AlterField(
+            model_name="job",
+            name="queue_name",
+            field=models.CharField(default="default", max_length=20),
+        ),
+        migrations.AlterField(
+            model_name="job",
+            name="priority",
+            field=models.SmallIntegerField(default=0),
+        ),
+        migrations.AlterField(
+            model_name="job",
+            name="run_after",
+            field=models.DateTimeField(null=True),
+        ),
+        migrations.AddIndex(
+            model_name="job",
+            index=models.Index(
+                models.F("queue_name"),
+                models.OrderBy(models.F("priority"), descending=True),
+                models.F("created"),
+                condition=models.Q(("state__in", ["NEW", "READY"])),
+                name="django_dbq_job_claimable",
+            ),
+        ),
+        migrations.RunSQL(STASH_JOBS, migrations.RunSQL.noop),
+        migrations.RunPython(install_functions, drop_functions),
+        pgtrigger.migrations.AddTrigger(
+            model_name="job",
+            trigger=pgtrigger.compiler.Trigger(
+                name="protect_projection",
+                sql=pgtrigger.compiler.UpsertTriggerSql(
+                    func="\n                IF current_setting('dbq.applying', true) = 'on' THEN\n                    RETURN NULL;\n                END IF;\n                RAISE EXCEPTION 'django_dbq: django_dbq_job is a projection of the job ledger; % on it is refused', TG_OP\n                    USING ERRCODE = 'insufficient_privilege',\n                          HINT = 'Create jobs with Job.objects.create(), change them with job.save(), or append events to django_dbq_jobevent.';\n                ",
+                    hash="26805081664612b9a961b148686f7e98698168fb",
+                    level="STATEMENT",
+                    operation="INSERT OR UPDATE OR DELETE OR TRUNCATE",
+                    pgid="pgtrigger_protect_projection_fb050",
+                    table="django_dbq_job",
+                    when="BEFORE",
+                ),
+            ),
+        ),
+        pgtrigger.migrations.AddTrigger(
+            model_name="jobevent",
+            trigger=pgtrigger.compiler.Trigger(
+                name="protect_ledger",
+                sql=pgtrigger.compiler.UpsertTriggerSql(
+                    func="\n                IF TG_OP = 'DELETE' AND current_setting('dbq.retention', true) = 'on' THEN\n                    RETURN NULL;\n                END IF;\n                RAISE EXCEPTION 'django_dbq: the job ledger is append-only; % on django_dbq_jobevent is refused', TG_OP\n                    USING ERRCODE = 'insufficient_privilege',\n                          HINT = 'Record a change by appending an event; remove old finished jobs with manage.py delete_old_jobs.';\n                ",
+                    hash="2f5dc4ab26a1178cecfece2edc200cf62e3c262b",
+                    level="STATEMENT",
+                    operation="UPDATE OR DELETE OR TRUNCATE",
+                    pgid="pgtrigger_protect_ledger_86f28",
+                    table="django_dbq_jobevent",
+                    when="BEFORE",
+                ),
+            ),
+        ),
+        pgtrigger.migrations.AddTrigger(
+            model_name="jobevent",
+            trigger=pgtrigger.compiler.Trigger(
+                name="apply_events",
+                sql=pgtrigger.compiler.UpsertTriggerSql(
+                    func="\n                PERFORM dbq_apply_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));\n                RETURN NULL;\n                ",
+                    hash="baef94fbb7dd6fa697e0ebce30e46a8463c8425e",
+                    level="STATEMENT",
+                    operation="INSERT",
+                    pgid="pgtrigger_apply_events_0dd6f",
+                    referencing="REFERENCING NEW TABLE AS new_events ",
+                    table="django_dbq_jobevent",
+                    when="AFTER",
+                ),
+            ),
+        ),
+        migrations.RunSQL(IMPORT_JOBS, migrations.RunSQL.noop),
+    ]

@@ -1,0 +1,1 @@
+"""The read side: the Job projection, its write guard, replay and verification."""

@@ -1,0 +1,175 @@
+"""The Job projection: the familiar django-db-queue table, written only by the ledger trigger."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pgtrigger
+from django.db import models, router
+from django.db.models import Count, Q
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from django_dbq import tasks
+from django_dbq.exceptions import ProjectionWriteError
+
+DEFAULT_DELETE_JOBS_AFTER_HOURS = 24
+
+_WRITE_REFUSED = (
+    "django_dbq_job is a projection of the job ledger and is never written directly. "
+    "Create jobs with Job.objects.create() or bulk_create(), change one with job.save() "
+    "(recorded as an 'updated' event), and remove old finished jobs with "
+    "Job.objects.delete_old() or manage.py delete_old_jobs."
+)
+
+
+class JobQuerySet(models.QuerySet):
+    """Reads as usual; every write is translated into ledger events or refused."""
+
+    def bulk_create(self, objs: Any, batch_size: int | None = None, **kwargs: Any) -> list[Job]:
+        """Enqueue the jobs with one `created` event each, one statement per batch."""
+        from django_dbq.projections.writes import enqueue_jobs
+
+        if kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts"):
+            raise ProjectionWriteError(
+                "Job.objects.bulk_create() does not take ignore_conflicts or update_conflicts: "
+                "a job is created once, by its 'created' event."
+            )
+        return enqueue_jobs(list(objs), using=self.db, batch_size=batch_size)
+
+    def update(self, **kwargs: Any) -> int:
+        raise ProjectionWriteError(f"Job.objects.update() is refused. {_WRITE_REFUSED}")
+
+    def bulk_update(self, objs: Any, fields: Any, batch_size: int | None = None) -> int:
+        raise ProjectionWriteError(f"Job.objects.bulk_update() is refused. {_WRITE_REFUSED}")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise ProjectionWriteError(f"Deleting jobs through a queryset is refused. {_WRITE_REFUSED}")
+
+    def delete_old(self, hours: int | None = None) -> int:
+        """Remove COMPLETE and FAILED jobs created more than `hours` (default 24) ago, with their history."""
+        from django_dbq.events.append import delete_old_jobs
+
+        hours = DEFAULT_DELETE_JOBS_AFTER_HOURS if hours is None else hours
+        return delete_old_jobs(timezone.now() - timedelta(hours=hours), using=self.db)
+
+
+JobManager = models.Manager.from_queryset(JobQuerySet)
+
+
+class Job(models.Model):
+    """A job: the projection of its events, with django-db-queue's fields and API."""
+
+    class STATES(models.TextChoices):
+        NEW = "NEW"
+        READY = "READY"
+        PROCESSING = "PROCESSING"
+        STOPPING = "STOPPING"
+        FAILED = "FAILED"
+        COMPLETE = "COMPLETE"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    modified = models.DateTimeField(auto_now=True)
+    name = models.CharField(max_length=100)
+    state = models.CharField(max_length=20, choices=STATES.choices, default=STATES.NEW)
+    next_task = models.CharField(max_length=100, blank=True)
+    workspace = models.JSONField(null=True)
+    queue_name = models.CharField(max_length=20, default="default")
+    priority = models.SmallIntegerField(default=0)
+    run_after = models.DateTimeField(null=True)
+    # The version of the last event applied: the ledger's order within this job.
+    version = models.PositiveIntegerField(default=0, editable=False)
+
+    objects = JobManager()
+
+    class Meta:
+        ordering = ["-priority", "created"]
+        # One partial index instead of django-db-queue's five single-column ones: every
+        # transition changes `state`, so each index on the table is written per event.
+        indexes = [
+            # Serves the worker's claim: ready jobs of a queue in claim order.
+            models.Index(
+                "queue_name",
+                models.F("priority").desc(),
+                "created",
+                name="django_dbq_job_claimable",
+                condition=Q(state__in=["NEW", "READY"]),
+            ),
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="protect_projection",
+                level=pgtrigger.Statement,
+                when=pgtrigger.Before,
+                operation=pgtrigger.Insert
+                | pgtrigger.Update
+                | pgtrigger.Delete
+                | pgtrigger.Truncate,
+                func="""
+                IF current_setting('dbq.applying', true) = 'on' THEN
+                    RETURN NULL;
+                END IF;
+                RAISE EXCEPTION 'django_dbq: django_dbq_job is a projection of the job ledger; % on it is refused', TG_OP
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'Create jobs with Job.objects.create(), change them with job.save(), or append events to django_dbq_jobevent.';
+                """,
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.id} {self.state}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Create the job (a `created` event) or record what changed (an `updated` event)."""
+        from django_dbq.projections.writes import enqueue_jobs, record_changes
+
+        using = kwargs.get("using") or router.db_for_write(Job, instance=self)
+        if self._state.adding:
+            enqueue_jobs([self], using=using)
+        else:
+            record_changes(self, update_fields=kwargs.get("update_fields"), using=using)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise ProjectionWriteError(f"job.delete() is refused. {_WRITE_REFUSED}")
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Job:
+        from django_dbq.projections.writes import remember_loaded
+
+        instance = super().from_db(db, field_names, values)
+        remember_loaded(instance, field_names)
+        return instance
+
+    def refresh_from_db(self, using: str | None = None, fields: Any = None, **kwargs: Any) -> None:
+        from django_dbq.projections.writes import remember_loaded
+
+        super().refresh_from_db(using=using, fields=fields, **kwargs)
+        remember_loaded(self, fields)
+
+    @staticmethod
+    def get_queue_depths(*, exclude_future_jobs: bool = False) -> dict[str, int]:
+        """Count NEW and READY jobs per queue; queues with none are left out."""
+        waiting = Job.objects.filter(state__in=(Job.STATES.NEW, Job.STATES.READY))
+        if exclude_future_jobs:
+            waiting = waiting.filter(Q(run_after__isnull=True) | Q(run_after__lte=timezone.now()))
+        rows = waiting.values("queue_name").order_by("queue_name").annotate(depth=Count("id"))
+        return {row["queue_name"]: row["depth"] for row in rows}
+
+    def update_next_task(self) -> None:
+        """Advance next_task in memory to the task after the current one ('' after the last)."""
+        self.next_task = tasks.get_next_task_name(self.name, self.next_task) or ""
+
+    def get_failure_hook_name(self) -> str | None:
+        return tasks.get_failure_hook_name(self.name)
+
+    def get_creation_hook_name(self) -> str | None:
+        return tasks.get_creation_hook_name(self.name)
+
+    def run_creation_hook(self) -> None:
+        """Call the job's creation hook, if it has one, with this job."""
+        hook_name = self.get_creation_hook_name()
+        if hook_name:
+            import_string(hook_name)(self)

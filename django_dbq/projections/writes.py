@@ -1,0 +1,181 @@
+"""Translating the ORM writes users already make into ledger events.
+
+``Job.objects.create()``, ``bulk_create()`` and ``job.save()`` land here: the new or
+changed values are checked in Python first, so bad input gets an error that names
+the fix and nothing is written; the database checks the same rules again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from django.conf import settings
+from django.utils import timezone
+
+from django_dbq import jsonutil, tasks
+from django_dbq.events.append import append_created, append_events
+from django_dbq.exceptions import InvalidJobError, JobConfigError
+
+if TYPE_CHECKING:
+    from django_dbq.projections.models import Job
+
+logger = logging.getLogger(__name__)
+
+TRACKED_FIELDS = ("name", "state", "next_task", "workspace", "queue_name", "priority", "run_after")
+CREATE_STATES = ("NEW", "READY", "FAILED", "COMPLETE")
+SAVE_STATES = ("NEW", "READY", "FAILED", "COMPLETE")
+SMALLINT_RANGE = (-32768, 32767)
+
+
+def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None) -> list[Job]:
+    """Create jobs: one `created` event each, one INSERT per batch; return the jobs created.
+
+    Each job's creation hook runs first, as in django-db-queue; a job whose hook
+    raises is logged and not created.
+    """
+    ready = [job for job in jobs if _prepare_new(job)]
+    size = batch_size or len(ready) or 1
+    for start in range(0, len(ready), size):
+        batch = ready[start : start + size]
+        payloads = [jsonutil.dumps(_created_payload(job), "workspace") for job in batch]
+        times = append_created([job.pk for job in batch], payloads, using=using)
+        for job in batch:
+            _mark_saved(job, using, version=1, at=times[job.pk], created=True)
+    return ready
+
+
+def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) -> None:
+    """Append one `updated` event holding the fields of job that changed since it was loaded."""
+    changes = _changed_fields(job, update_fields)
+    if not changes:
+        return
+    for field, value in changes.items():
+        _check_field(field, value)
+    if "state" in changes and changes["state"] not in SAVE_STATES:
+        raise InvalidJobError(
+            f"job.save() cannot set state {changes['state']!r}: only a worker moves a job to "
+            "PROCESSING or STOPPING. Save it as NEW or READY and let a worker claim it."
+        )
+    payload = jsonutil.dumps({f: _to_json(f, v) for f, v in changes.items()}, "workspace")
+    (appended,) = append_events([(job.pk, "updated", payload)], using=using)
+    _mark_saved(job, using, version=appended.version, at=appended.at)
+
+
+def remember_loaded(job: Job, field_names: Iterable[str] | None) -> None:
+    """Keep what was read from the database, so save() can tell what changed."""
+    loaded = job.__dict__.setdefault("_dbq_loaded", {})
+    names = TRACKED_FIELDS if field_names is None else field_names
+    for field in names:
+        if field in TRACKED_FIELDS and field in job.__dict__:
+            loaded[field] = _fingerprint(field, job.__dict__[field])
+
+
+def _prepare_new(job: Job) -> bool:
+    task_names = tasks.get_task_names(job.name) if isinstance(job.name, str) else None
+    if not task_names:
+        _check_field("name", job.name)
+        raise JobConfigError(
+            f"settings.JOBS[{job.name!r}] lists no tasks; give it at least one dotted task path."
+        )
+    job.next_task = task_names[0]
+    if job.workspace is None:
+        job.workspace = {}
+    if job.state not in CREATE_STATES:
+        raise InvalidJobError(
+            f"A job cannot be created in state {job.state!r}; use one of {', '.join(CREATE_STATES)}."
+        )
+    for field in TRACKED_FIELDS:
+        _check_field(field, getattr(job, field))
+    try:
+        job.run_creation_hook()
+    except Exception:
+        logger.exception("Failed to create new job, creation hook raised an exception")
+        return False
+    return True
+
+
+def _created_payload(job: Job) -> dict[str, Any]:
+    return {field: _to_json(field, getattr(job, field)) for field in TRACKED_FIELDS}
+
+
+def _check_field(field: str, value: Any) -> None:
+    """Raise InvalidJobError when value does not fit the projection's column."""
+    if field in ("name", "next_task", "queue_name", "state"):
+        max_length = 20 if field in ("queue_name", "state") else 100
+        if not isinstance(value, str):
+            raise InvalidJobError(f"Job {field} must be a string, not {type(value).__name__}.")
+        if len(value) > max_length:
+            raise InvalidJobError(
+                f"Job {field} {value[:30]!r}... is {len(value)} characters long; "
+                f"the column holds at most {max_length}. Use a shorter {field}."
+            )
+    elif field == "priority":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidJobError(f"Job priority must be an integer, not {type(value).__name__}.")
+        if not SMALLINT_RANGE[0] <= value <= SMALLINT_RANGE[1]:
+            raise InvalidJobError(
+                f"Job priority {value} is out of range; use an integer from "
+                f"{SMALLINT_RANGE[0]} to {SMALLINT_RANGE[1]} (higher runs first)."
+            )
+    elif field == "run_after" and value is not None:
+        _aware_run_after(value)
+
+
+def _aware_run_after(value: Any) -> datetime.datetime:
+    if not isinstance(value, datetime.datetime):
+        raise InvalidJobError(
+            f"Job run_after must be a datetime or None, not {type(value).__name__}."
+        )
+    if timezone.is_naive(value):
+        if settings.USE_TZ:
+            raise InvalidJobError(
+                f"Job run_after {value.isoformat()} is a naive datetime while USE_TZ is on; "
+                "pass an aware one, e.g. timezone.now() + timedelta(minutes=10)."
+            )
+        return timezone.make_aware(value)
+    return value
+
+
+def _to_json(field: str, value: Any) -> Any:
+    if field == "run_after" and value is not None:
+        return _aware_run_after(value).isoformat()
+    return value
+
+
+def _fingerprint(field: str, value: Any) -> Any:
+    # Tasks change the workspace in place, so keep an encoded copy, not the object.
+    if field == "workspace":
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            return object()
+    return value
+
+
+def _changed_fields(job: Job, update_fields: Iterable[str] | None) -> dict[str, Any]:
+    loaded = job.__dict__.get("_dbq_loaded", {})
+    names = TRACKED_FIELDS if update_fields is None else set(update_fields)
+    changes = {}
+    for field in TRACKED_FIELDS:
+        if field not in names or field not in job.__dict__:
+            continue
+        value = job.__dict__[field]
+        if field not in loaded or loaded[field] != _fingerprint(field, value):
+            changes[field] = value
+    return changes
+
+
+def _mark_saved(
+    job: Job, using: str, version: int, at: datetime.datetime, created: bool = False
+) -> None:
+    job._state.adding = False
+    job._state.db = using
+    job.version = version
+    job.modified = at
+    if created:
+        job.created = at
+    remember_loaded(job, None)

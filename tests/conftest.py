@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+from django.db import connection
+
+from django_dbq.events.append import append_events
+
+
+@pytest.fixture
+def append():
+    """Append one event to a job through the public append API; return its version."""
+
+    def _append(job_id, kind, **payload):
+        (appended,) = append_events([(job_id, kind, orjson.dumps(payload).decode())])
+        return appended.version
+
+    return _append
+
+
+@pytest.fixture
+def count_rows():
+    def _count(table):
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {table}")  # table names are test constants
+            return cursor.fetchone()[0]
+
+    return _count

@@ -1,0 +1,168 @@
+import logging
+import math
+from datetime import datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_dbq.exceptions import InvalidJobError, JobConfigError, UnknownJobError
+from django_dbq.models import Job, JobEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def test_create__returns_a_new_job_with_first_task_and_empty_workspace():
+    job = Job.objects.create(name="twotasks")
+
+    stored = Job.objects.get(pk=job.pk)
+    assert job.state == stored.state == Job.STATES.NEW
+    assert job.next_task == stored.next_task == "tests.jobs.task_one"
+    assert job.workspace == stored.workspace == {}
+    assert job.created == stored.created and job.modified == stored.modified
+    assert stored.version == 1
+
+
+def test_create__keeps_workspace_queue_priority_and_run_after():
+    when = timezone.now() + timedelta(minutes=10)
+    job = Job.objects.create(
+        name="testjob", workspace={"user_id": 7}, queue_name="other", priority=2, run_after=when
+    )
+
+    stored = Job.objects.get(pk=job.pk)
+    assert (stored.workspace, stored.queue_name, stored.priority, stored.run_after) == (
+        {"user_id": 7},
+        "other",
+        2,
+        when,
+    )
+    assert Job.objects.filter(workspace__user_id=7).get() == stored
+
+
+def test_create__records_one_created_event_with_the_job_fields():
+    job = Job.objects.create(name="testjob", workspace={"a": 1}, priority=3)
+
+    (event,) = job.events.all()
+    assert (event.version, event.kind) == (1, "created")
+    assert event.payload["workspace"] == {"a": 1}
+    assert event.payload["priority"] == 3
+    assert event.payload["next_task"] == "tests.jobs.task_one"
+    assert JobEvent.objects.filter(kind="created", payload__priority=3).get() == event
+
+
+def test_create__accepts_the_list_form_of_jobs_setting():
+    job = Job.objects.create(name="listform")
+
+    assert job.next_task == "tests.jobs.task_one"
+
+
+def test_create__runs_the_creation_hook_before_writing():
+    job = Job.objects.create(name="hooked")
+
+    assert Job.objects.get(pk=job.pk).workspace == {"hooked": True}
+
+
+def test_create__failing_creation_hook_writes_nothing_and_logs(caplog, count_rows):
+    with caplog.at_level(logging.ERROR, logger="django_dbq"):
+        Job.objects.create(name="badhook")
+
+    assert count_rows("django_dbq_job") == 0
+    assert count_rows("django_dbq_jobevent") == 0
+    assert "creation hook raised an exception" in caplog.text
+
+
+def test_create__jobs_created_together_keep_their_order():
+    first = Job.objects.create(name="testjob")
+    second = Job.objects.create(name="testjob")
+
+    assert list(Job.objects.all()) == [first, second]
+
+
+def test_create__orders_by_priority_then_age():
+    normal = Job.objects.create(name="testjob")
+    critical = Job.objects.create(name="testjob", priority=2)
+    important = Job.objects.create(name="testjob", priority=1)
+
+    assert list(Job.objects.all()) == [critical, important, normal]
+
+
+def test_bulk_create__writes_all_created_events_in_one_statement():
+    jobs = [Job(name="hooked", workspace={"n": n}) for n in range(50)]
+
+    with CaptureQueriesContext(connection) as queries:
+        created = Job.objects.bulk_create(jobs)
+
+    inserts = [q for q in queries.captured_queries if "INSERT" in q["sql"]]
+    assert len(inserts) == 1
+    assert len(created) == 50
+    stored = Job.objects.order_by("created")
+    assert [j.workspace for j in stored] == [{"n": n, "hooked": True} for n in range(50)]
+    assert {j.next_task for j in stored} == {"tests.jobs.task_one"}
+
+
+def test_bulk_create__skips_a_job_whose_creation_hook_raises(count_rows):
+    created = Job.objects.bulk_create([Job(name="testjob"), Job(name="badhook")])
+
+    assert [job.name for job in created] == ["testjob"]
+    assert count_rows("django_dbq_job") == count_rows("django_dbq_jobevent") == 1
+
+
+def test_bulk_create__in_batches():
+    created = Job.objects.bulk_create([Job(name="testjob") for _ in range(7)], batch_size=3)
+
+    assert len(created) == Job.objects.count() == 7
+
+
+def test_create__unknown_name_names_the_known_jobs_and_writes_nothing(count_rows):
+    with pytest.raises(UnknownJobError, match=r"'nope'.*known jobs: .*testjob"):
+        Job.objects.create(name="nope")
+
+    assert count_rows("django_dbq_jobevent") == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"workspace": {"when": object()}}, "cannot be stored as JSON"),
+        ({"workspace": {"x": {1, 2}}}, "cannot be stored as JSON"),
+        ({"workspace": {"x": math.nan}}, "NaN"),
+        ({"workspace": {"x": [math.inf]}}, "NaN or an infinite"),
+        ({"workspace": {"big": 2**70}}, "cannot be stored as JSON"),
+        ({"priority": 40000}, "out of range"),
+        ({"priority": "high"}, "must be an integer"),
+        ({"run_after": datetime(2030, 1, 1)}, "naive datetime while USE_TZ"),
+        ({"run_after": "tomorrow"}, "must be a datetime"),
+        ({"queue_name": "q" * 21}, "at most 20"),
+        ({"queue_name": "x'; DROP TABLE django_dbq_job; --" * 30}, "at most 20"),
+        ({"state": Job.STATES.PROCESSING}, "cannot be created in state"),
+    ],
+)
+def test_create__bad_input_raises_a_clear_error_and_writes_nothing(fields, message, count_rows):
+    with pytest.raises(InvalidJobError, match=message):
+        Job.objects.create(name="testjob", **fields)
+
+    assert count_rows("django_dbq_job") == 0
+    assert count_rows("django_dbq_jobevent") == 0
+
+
+def test_create__job_without_tasks_is_a_config_error(settings, count_rows):
+    settings.JOBS = {"empty": {"tasks": []}}
+
+    with pytest.raises(JobConfigError, match="lists no tasks"):
+        Job.objects.create(name="empty")
+
+    assert count_rows("django_dbq_jobevent") == 0
+
+
+def test_bulk_create__one_bad_job_writes_none_of_the_batch(count_rows):
+    with pytest.raises(InvalidJobError):
+        Job.objects.bulk_create([Job(name="testjob"), Job(name="testjob", priority=10**6)])
+
+    assert count_rows("django_dbq_jobevent") == 0
+
+
+def test_create__in_a_state_users_create_for_tests():
+    job = Job.objects.create(name="testjob", state=Job.STATES.FAILED)
+
+    assert Job.objects.get(pk=job.pk).state == Job.STATES.FAILED
