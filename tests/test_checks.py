@@ -1,0 +1,49 @@
+import pytest
+from django.core.checks import run_checks
+
+from django_dbq.checks import check_installed_apps, check_jobs_setting
+
+
+def ids(errors):
+    return [error.id for error in errors]
+
+
+def test_check__the_test_settings_are_clean():
+    assert run_checks() == []
+
+
+@pytest.mark.parametrize(
+    ("jobs", "expected_id", "words"),
+    [
+        ({"a": {"tasks": []}}, "django_dbq.E004", "lists no tasks"),
+        ({"a": {}}, "django_dbq.E004", "lists no tasks"),
+        ({"a": {"tasks": ["tests.jobs.missing"]}}, "django_dbq.E007", "does not import"),
+        ({"a": ["nowhere.at_all"]}, "django_dbq.E007", "'nowhere.at_all' does not import"),
+        (
+            {"a": {"tasks": ["tests.jobs.task_one"], "failure_hook": "tests.jobs.nope"}},
+            "django_dbq.E007",
+            "failure_hook 'tests.jobs.nope'",
+        ),
+        ({"a": "tests.jobs.task_one"}, "django_dbq.E002", "must be a dict"),
+        ({"a": {"tasks": ["tests.jobs." + "x" * 100]}}, "django_dbq.E006", "over 100"),
+    ],
+)
+def test_check__reports_bad_jobs_settings(settings, jobs, expected_id, words):
+    settings.JOBS = jobs
+
+    errors = check_jobs_setting()
+
+    assert ids(errors) == [expected_id]
+    assert words in errors[0].msg
+
+
+def test_check__both_jobs_forms_are_accepted(settings):
+    settings.JOBS = {"a": ["tests.jobs.task_one"], "b": {"tasks": ["tests.jobs.task_two"]}}
+
+    assert check_jobs_setting() == []
+
+
+def test_check__pgtrigger_must_be_installed(settings):
+    settings.INSTALLED_APPS = [app for app in settings.INSTALLED_APPS if app != "pgtrigger"]
+
+    assert ids(check_installed_apps()) == ["django_dbq.E001"]

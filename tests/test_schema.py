@@ -1,0 +1,43 @@
+"""Guards on the schema: migrations match the models, the claim query uses its index."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from django_dbq.events.models import EventKind
+from django_dbq.models import Job
+from django_dbq.sqlfiles import load_queries, read_sql
+
+
+@pytest.mark.django_db
+def test_migrations__match_the_models():
+    out = StringIO()
+    try:
+        call_command("makemigrations", "django_dbq", "--check", "--dry-run", stdout=out)
+    except SystemExit:
+        pytest.fail(
+            f"Models and migrations differ; you probably need to add a migration:\n{out.getvalue()}"
+        )
+
+
+def test_state_machine__names_every_event_kind():
+    state_machine = read_sql("django_dbq.projections", "sql/apply_events_v1.sql")
+    missing = [k for k in EventKind.values if f"'{k}'" not in state_machine]
+
+    assert missing == [], f"dbq_apply_events_v1 does not handle {missing}; add a rule and a _v2"
+
+
+@pytest.mark.django_db
+def test_claim_query__is_served_by_the_partial_index():
+    Job.objects.bulk_create([Job(name="testjob", state="COMPLETE") for _ in range(5000)])
+    Job.objects.bulk_create([Job(name="testjob") for _ in range(20)])
+    claim = load_queries("django_dbq.projections")["jobs_select_claimable"]
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_dbq_job")
+        cursor.execute("EXPLAIN " + claim, {"queue_name": "default", "limit": 10})
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    assert "django_dbq_job_claimable" in plan, plan
+    assert "Sort" not in plan, plan
