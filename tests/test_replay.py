@@ -38,7 +38,9 @@ PAYLOADS = {
         "error": {"type": "ValueError", "message": "boom", "traceback": "..."},
     },
     "stopping": lambda: {"worker": "w1"},
+    "lease_renewed": lambda: {"worker": "w1", "lease_until": "2031-01-01T00:00Z"},
     "lease_expired": lambda: {"worker": "w1", "lease_until": "2030-01-01T00:00Z"},
+    "released": lambda: {"worker": "w1", "state": "NEW"},
     "updated": lambda: {"priority": 3, "workspace": {"u": 1}},
 }
 
@@ -50,7 +52,9 @@ PATHS = {
     "completed": ["claimed", "completed"],
     "failed": ["claimed", "failed"],
     "stopping": ["claimed", "stopping"],
+    "lease_renewed": ["claimed", "lease_renewed"],
     "lease_expired": ["claimed", "lease_expired"],
+    "released": ["claimed", "released"],
     "updated": ["updated"],
 }
 
@@ -79,6 +83,8 @@ def snapshot():
             "priority",
             "run_after",
             "version",
+            "claimed_by",
+            "lease_until",
         )
     )
 
@@ -109,6 +115,8 @@ def test_replay__rebuilds_a_history_ending_in(kind):
         (["claimed", "stopping"], "STOPPING", "tests.jobs.task_one", {"start": 1}),
         (["claimed", "stopping", "task_done"], "READY", "tests.jobs.task_two", {"one": True}),
         (["claimed", "lease_expired"], "READY", "tests.jobs.task_one", {"start": 1}),
+        (["claimed", "lease_renewed"], "PROCESSING", "tests.jobs.task_one", {"start": 1}),
+        (["claimed", "released"], "NEW", "tests.jobs.task_one", {"start": 1}),
         (["updated"], "NEW", "tests.jobs.task_one", {"u": 1}),
     ],
 )
@@ -138,6 +146,9 @@ class Oracle:
         ("stopping", "PROCESSING"): "STOPPING",
         ("lease_expired", "PROCESSING"): "READY",
         ("lease_expired", "STOPPING"): "READY",
+        ("lease_renewed", "PROCESSING"): "PROCESSING",
+        ("lease_renewed", "STOPPING"): "STOPPING",
+        ("released", "PROCESSING"): "NEW",
     }
 
     def next_state(self, kind, state, payload):
@@ -156,7 +167,9 @@ def random_event(rng, state):
             "completed",
             "failed",
             "stopping",
+            "lease_renewed",
             "lease_expired",
+            "released",
             "updated",
             "updated",
         ]
@@ -273,3 +286,28 @@ def test_replay_events_command__repairs_drift():
     assert stdout.getvalue().startswith("replayed 1 events")
     assert Job.objects.get(pk=job.pk).priority == 0
     assert_replay_equals_live()
+
+
+def test_apply__a_claim_records_the_worker_and_its_lease():
+    job = JobFactory()
+    append(job.id, "claimed", PAYLOADS["claimed"]())
+    claimed = Job.objects.get(pk=job.pk)
+    append(job.id, "lease_renewed", PAYLOADS["lease_renewed"]())
+    renewed = Job.objects.get(pk=job.pk)
+    append(job.id, "completed", PAYLOADS["completed"]())
+    done = Job.objects.get(pk=job.pk)
+
+    assert (claimed.claimed_by, claimed.lease_until.year) == ("w1", 2030)
+    assert (renewed.claimed_by, renewed.lease_until.year) == ("w1", 2031)
+    assert (done.claimed_by, done.lease_until) == (None, None)
+
+
+def test_apply__released_returns_the_job_to_its_waiting_state_only():
+    job = JobFactory()
+    append(job.id, "claimed", PAYLOADS["claimed"]())
+
+    with pytest.raises(IntegrityError, match="illegal transition: released"):
+        with transaction.atomic():
+            append(job.id, "released", {"worker": "w1", "state": "COMPLETE"})
+    append(job.id, "released", {"worker": "w1", "state": "READY"})
+    assert Job.objects.get(pk=job.pk).state == "READY"

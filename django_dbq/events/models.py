@@ -18,7 +18,9 @@ class EventKind(models.TextChoices):
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPING = "stopping"
+    LEASE_RENEWED = "lease_renewed"
     LEASE_EXPIRED = "lease_expired"
+    RELEASED = "released"
     UPDATED = "updated"
 
 
@@ -29,7 +31,9 @@ OCCURS_WHEN: dict[str, str] = {
     EventKind.COMPLETED: "the last task finished",
     EventKind.FAILED: "a task or the pre-task hook raised",
     EventKind.STOPPING: "the worker running the job got SIGTERM or SIGINT",
+    EventKind.LEASE_RENEWED: "the worker running a long task extends its lease (heartbeat)",
     EventKind.LEASE_EXPIRED: "a worker's lease on a job ran out; the job is READY again",
+    EventKind.RELEASED: "a worker gives back a job it claimed but did not start",
     EventKind.UPDATED: "job.save() or the admin changed fields of an existing job",
 }
 
@@ -90,6 +94,10 @@ class JobEvent(models.Model):
                 referencing=pgtrigger.Referencing(new="new_events"),
                 func="""
                 PERFORM dbq_apply_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));
+                PERFORM dbq_notify_ready_v1(ARRAY(
+                    SELECT e.job_id FROM new_events e
+                    WHERE e.kind IN ('created', 'task_done', 'lease_expired', 'released', 'updated')
+                ));
                 RETURN NULL;
                 """,
             ),

@@ -37,6 +37,7 @@ FUNCTIONS = [
         "sql/apply_events_v1.sql",
         "dbq_apply_events_v1(django_dbq_jobevent[])",
     ),
+    ("django_dbq.projections", "sql/apply_events_v1.sql", "dbq_notify_ready_v1(uuid[])"),
     ("django_dbq.projections", "sql/replay_events_v1.sql", "dbq_replay_events_v1()"),
     ("django_dbq.events", "sql/delete_old_jobs_v1.sql", "dbq_delete_old_jobs_v1(timestamptz)"),
 ]
@@ -73,7 +74,9 @@ class Migration(migrations.Migration):
                             ("completed", "Completed"),
                             ("failed", "Failed"),
                             ("stopping", "Stopping"),
+                            ("lease_renewed", "Lease Renewed"),
                             ("lease_expired", "Lease Expired"),
+                            ("released", "Released"),
                             ("updated", "Updated"),
                         ],
                         max_length=20,
@@ -113,6 +116,16 @@ class Migration(migrations.Migration):
             model_name="job",
             name="version",
             field=models.PositiveIntegerField(default=0, editable=False),
+        ),
+        migrations.AddField(
+            model_name="job",
+            name="claimed_by",
+            field=models.CharField(editable=False, max_length=200, null=True),
+        ),
+        migrations.AddField(
+            model_name="job",
+            name="lease_until",
+            field=models.DateTimeField(editable=False, null=True),
         ),
         migrations.AlterField(
             model_name="job",
@@ -160,6 +173,14 @@ class Migration(migrations.Migration):
                 name="django_dbq_job_claimable",
             ),
         ),
+        migrations.AddIndex(
+            model_name="job",
+            index=models.Index(
+                models.F("lease_until"),
+                condition=models.Q(("state__in", ["PROCESSING", "STOPPING"])),
+                name="django_dbq_job_leased",
+            ),
+        ),
         migrations.RunSQL(STASH_JOBS, migrations.RunSQL.noop),
         migrations.RunPython(install_functions, drop_functions),
         pgtrigger.migrations.AddTrigger(
@@ -197,8 +218,8 @@ class Migration(migrations.Migration):
             trigger=pgtrigger.compiler.Trigger(
                 name="apply_events",
                 sql=pgtrigger.compiler.UpsertTriggerSql(
-                    func="\n                PERFORM dbq_apply_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));\n                RETURN NULL;\n                ",
-                    hash="baef94fbb7dd6fa697e0ebce30e46a8463c8425e",
+                    func="\n                PERFORM dbq_apply_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));\n                PERFORM dbq_notify_ready_v1(ARRAY(\n                    SELECT e.job_id FROM new_events e\n                    WHERE e.kind IN ('created', 'task_done', 'lease_expired', 'released', 'updated')\n                ));\n                RETURN NULL;\n                ",
+                    hash="1b9de67b3eb8e39bafaadb5c6b83400443b03ace",
                     level="STATEMENT",
                     operation="INSERT",
                     pgid="pgtrigger_apply_events_0dd6f",

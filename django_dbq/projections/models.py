@@ -82,6 +82,9 @@ class Job(models.Model):
     run_after = models.DateTimeField(null=True)
     # The version of the last event applied: the ledger's order within this job.
     version = models.PositiveIntegerField(default=0, editable=False)
+    # The worker holding a PROCESSING or STOPPING job, and until when its lease runs.
+    claimed_by = models.CharField(max_length=200, null=True, editable=False)  # noqa: DJ001 (NULL: no holder)
+    lease_until = models.DateTimeField(null=True, editable=False)
 
     objects = JobManager()
 
@@ -97,6 +100,12 @@ class Job(models.Model):
                 "created",
                 name="django_dbq_job_claimable",
                 condition=Q(state__in=["NEW", "READY"]),
+            ),
+            # Serves lease expiry: the running jobs, soonest lease first.
+            models.Index(
+                "lease_until",
+                name="django_dbq_job_leased",
+                condition=Q(state__in=["PROCESSING", "STOPPING"]),
             ),
         ]
         triggers = [

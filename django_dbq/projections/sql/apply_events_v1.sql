@@ -14,7 +14,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         WHEN kind = 'completed' AND state IN ('PROCESSING', 'STOPPING') THEN 'COMPLETE'
         WHEN kind = 'failed' AND state IN ('PROCESSING', 'STOPPING') THEN 'FAILED'
         WHEN kind = 'stopping' AND state = 'PROCESSING' THEN 'STOPPING'
+        WHEN kind = 'lease_renewed' AND state IN ('PROCESSING', 'STOPPING') THEN state
         WHEN kind = 'lease_expired' AND state IN ('PROCESSING', 'STOPPING') THEN 'READY'
+        -- A worker gives back a job it claimed but did not start, in the state it had.
+        WHEN kind = 'released' AND state = 'PROCESSING'
+            AND payload ->> 'state' IN ('NEW', 'READY') THEN payload ->> 'state'
         -- `updated` keeps the state unless it names one; a job a worker holds
         -- (PROCESSING, STOPPING) changes state only through the worker's events,
         -- and no save() may put a job into a worker's states.
@@ -85,7 +89,7 @@ BEGIN
 
     INSERT INTO django_dbq_job (
         id, created, modified, name, state, next_task, workspace,
-        queue_name, priority, run_after, version
+        queue_name, priority, run_after, version, claimed_by, lease_until
     )
     SELECT e.job_id,
            COALESCE((e.payload ->> 'created')::timestamptz, e.at),
@@ -97,7 +101,9 @@ BEGIN
            COALESCE(e.payload ->> 'queue_name', 'default'),
            COALESCE((e.payload ->> 'priority')::smallint, 0),
            (e.payload ->> 'run_after')::timestamptz,
-           e.version
+           e.version,
+           NULL,
+           NULL
     FROM unnest(events) e
     WHERE e.kind = 'created';
 
@@ -125,6 +131,16 @@ BEGIN
                             THEN (e.payload ->> 'priority')::smallint ELSE j.priority END,
             run_after = CASE WHEN e.kind = 'updated' AND e.payload ? 'run_after'
                              THEN (e.payload ->> 'run_after')::timestamptz ELSE j.run_after END,
+            -- The worker holding the job and until when; cleared when it lets go.
+            claimed_by = CASE
+                WHEN e.kind = 'claimed' THEN e.payload ->> 'worker'
+                WHEN e.kind IN ('stopping', 'lease_renewed', 'updated') THEN j.claimed_by
+                END,
+            lease_until = CASE
+                WHEN e.kind IN ('claimed', 'lease_renewed')
+                    THEN (e.payload ->> 'lease_until')::timestamptz
+                WHEN e.kind IN ('stopping', 'updated') THEN j.lease_until
+                END,
             modified = e.at,
             version = e.version
         FROM unnest(events) e
@@ -138,5 +154,31 @@ BEGIN
     END IF;
 
     PERFORM set_config('dbq.applying', '', true);
+END
+$$;
+
+
+-- dbq_notify_ready_v1: wake idle workers, once per statement. Sends one NOTIFY on
+-- channel django_dbq naming the queues (a JSON array) in which the given jobs now
+-- wait (NEW or READY, due now or later), or '*' when the list would not fit in a
+-- notification's payload.
+CREATE OR REPLACE FUNCTION dbq_notify_ready_v1(job_ids uuid[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    queues jsonb;
+    payload text;
+BEGIN
+    SELECT jsonb_agg(DISTINCT j.queue_name) INTO queues
+    FROM django_dbq_job j
+    WHERE j.id = ANY(job_ids) AND j.state IN ('NEW', 'READY');
+    IF queues IS NOT NULL THEN
+        payload := queues::text;
+        -- NOTIFY payloads must stay under 8000 bytes.
+        IF octet_length(payload) > 7900 THEN
+            payload := '*';
+        END IF;
+        PERFORM pg_notify('django_dbq', payload);
+    END IF;
 END
 $$;
