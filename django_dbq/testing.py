@@ -52,3 +52,28 @@ def database_settings(url: str) -> dict[str, Any]:
         "HOST": unquote(host),
         "PORT": str(parts.port or ""),
     }
+
+
+LEDGER_GUARDS = ("django_dbq.Job:protect_projection", "django_dbq.JobEvent:protect_ledger")
+
+
+def allow_flush() -> None:
+    """Let Django's flush empty the ledger and the projection; for test suites only.
+
+    TransactionTestCase (and pytest-django's transactional_db) empty every table
+    with TRUNCATE after each test, which the ledger's guards refuse. Call this once,
+    e.g. in conftest.py or the test settings, to lift the guards for flush alone.
+    """
+    import pgtrigger
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    original = DatabaseOperations.execute_sql_flush
+    if getattr(original, "dbq_allows_flush", False):
+        return
+
+    def execute_sql_flush(self: Any, sql_list: Any) -> None:
+        with pgtrigger.ignore(*LEDGER_GUARDS, databases=[self.connection.alias]):
+            original(self, sql_list)
+
+    execute_sql_flush.dbq_allows_flush = True  # type: ignore[attr-defined]
+    DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]

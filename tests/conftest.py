@@ -5,6 +5,9 @@ import pytest
 from django.db import connection
 
 from django_dbq.events.append import append_events
+from django_dbq.testing import allow_flush
+
+allow_flush()
 
 
 @pytest.fixture

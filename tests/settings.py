@@ -1,5 +1,6 @@
 """Django settings for the test suite: a real PostgreSQL, from DATABASE_URL or embedded."""
 
+import os
 from pathlib import Path
 
 from django_dbq.testing import database_settings, database_url
@@ -25,9 +26,40 @@ JOBS = {
         "tasks": ["tests.jobs.task_one"],
         "creation_hook": "tests.jobs.creation_hook",
     },
+    "hooks": {
+        "tasks": ["tests.jobs.recorded_task"],
+        "pre_task_hook": "tests.jobs.pre_task_hook",
+        "post_task_hook": "tests.jobs.post_task_hook",
+        "failure_hook": "tests.jobs.failure_hook",
+    },
+    "failing_pre": {
+        "tasks": ["tests.jobs.recorded_task"],
+        "pre_task_hook": "tests.jobs.failing_pre_task_hook",
+        "post_task_hook": "tests.jobs.post_task_hook",
+        "failure_hook": "tests.jobs.failure_hook",
+    },
+    "failing_post": {
+        "tasks": ["tests.jobs.recorded_task"],
+        "post_task_hook": "tests.jobs.failing_post_task_hook",
+        "failure_hook": "tests.jobs.failure_hook",
+    },
+    "failing_failure_hook": {
+        "tasks": ["tests.jobs.recorded_task"],
+        "failure_hook": "tests.jobs.failing_failure_hook",
+        "post_task_hook": "tests.jobs.post_task_hook",
+    },
+    "exits": ["tests.jobs.exiting_task"],
+    "unstorable": ["tests.jobs.unstorable_workspace_task"],
+    "counted": ["tests.jobs.record_run", "tests.jobs.record_run"],
+    "counted_once": ["tests.jobs.record_run"],
+    "killed_once": ["tests.jobs.sleep_on_first_run"],
     "badhook": {
         "tasks": ["tests.jobs.task_one"],
         "creation_hook": "tests.jobs.failing_creation_hook",
     },
 }
 LOGGING_CONFIG = None
+
+# Worker timing; subprocess tests shorten the lease through the environment.
+DBQ_LEASE_SECONDS = float(os.environ.get("DBQ_LEASE_SECONDS", 30))
+DBQ_POLL_SECONDS = float(os.environ.get("DBQ_POLL_SECONDS", 1))

@@ -1,0 +1,98 @@
+"""The worker's side of the ledger: claim, record outcomes, renew and expire leases.
+
+Each function is one statement; none holds a transaction open across a task.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from django_dbq.sqlfiles import load_queries
+
+# The columns jobs_claim returns, in order: Job's concrete fields, then the state
+# the job had before the claim (NEW or READY), which `released` restores.
+CLAIM_FIELDS = (
+    "id",
+    "created",
+    "modified",
+    "name",
+    "state",
+    "next_task",
+    "workspace",
+    "queue_name",
+    "priority",
+    "run_after",
+    "version",
+    "claimed_by",
+    "lease_until",
+)
+
+
+def _execute(name: str, params: dict[str, Any], using: str) -> list[tuple[Any, ...]]:
+    with connections[using].cursor() as cursor:
+        cursor.execute(load_queries("django_dbq.events", "claims.sql")[name], params)
+        return cursor.fetchall()
+
+
+def claim_jobs(
+    queue_name: str,
+    limit: int,
+    worker: str,
+    host: str,
+    pid: int,
+    lease_seconds: float,
+    using: str = DEFAULT_DB_ALIAS,
+) -> list[tuple[Any, ...]]:
+    """Claim up to `limit` ready jobs of a queue in one statement; return rows of CLAIM_FIELDS + prior state."""
+    params = {
+        "queue_name": queue_name,
+        "limit": limit,
+        "worker": worker,
+        "host": host,
+        "pid": pid,
+        "lease_seconds": lease_seconds,
+    }
+    return _execute("jobs_claim", params, using)
+
+
+def append_held(
+    worker: str,
+    events: Sequence[tuple[uuid.UUID, str, str]],
+    using: str = DEFAULT_DB_ALIAS,
+) -> set[uuid.UUID]:
+    """Append (job_id, kind, payload JSON) events for jobs the worker holds; return the ids recorded."""
+    if not events:
+        return set()
+    params = {
+        "worker": worker,
+        "job_ids": [job_id for job_id, _, _ in events],
+        "kinds": [kind for _, kind, _ in events],
+        "payloads": [payload for _, _, payload in events],
+    }
+    return {row[0] for row in _execute("jobs_append_held", params, using)}
+
+
+def renew_leases(
+    worker: str, job_ids: Sequence[uuid.UUID], lease_seconds: float, using: str = DEFAULT_DB_ALIAS
+) -> set[uuid.UUID]:
+    """Extend the worker's lease on the given jobs; return the ids still held."""
+    if not job_ids:
+        return set()
+    params = {"worker": worker, "job_ids": list(job_ids), "lease_seconds": lease_seconds}
+    return {row[0] for row in _execute("jobs_renew_leases", params, using)}
+
+
+def expire_leases(worker: str, limit: int = 500, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
+    """Put running jobs whose lease ran out back in their queue; return their ids."""
+    return [
+        row[0] for row in _execute("jobs_expire_leases", {"worker": worker, "limit": limit}, using)
+    ]
+
+
+def seconds_until_due(queue_name: str, using: str = DEFAULT_DB_ALIAS) -> float | None:
+    """Seconds until the next scheduled job of the queue is due, or None when none waits."""
+    return _execute("jobs_seconds_until_due", {"queue_name": queue_name}, using)[0][0]

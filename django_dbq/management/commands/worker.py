@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_dbq.supervisor import run_processes
+from django_dbq.worker import Worker
+
+__all__ = ["Command", "Worker"]
+
+
+class Command(BaseCommand):
+    help = "Run a queue worker process"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("queue_name", nargs="?", default="default", type=str)
+        parser.add_argument(
+            "--rate_limit",
+            type=float,
+            default=0,
+            help="The least number of seconds between two jobs (default 0: no limit).",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            dest="dry_run",
+            help="Don't actually start the worker. Used for testing.",
+        )
+        parser.add_argument(
+            "--burst", action="store_true", help="Exit 0 once no job is ready to run."
+        )
+        parser.add_argument(
+            "--max-jobs", type=int, default=None, help="Exit after running this many jobs."
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=1,
+            help="Run this many worker processes (each runs one job at a time).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        queue_name, rate_limit = options["queue_name"], options["rate_limit"]
+        if options["concurrency"] < 1 or (
+            options["max_jobs"] is not None and options["max_jobs"] < 1
+        ):
+            raise CommandError("--concurrency and --max-jobs take a whole number of at least 1.")
+        self.stdout.write(
+            f'Starting job worker for queue "{queue_name}" with rate limit of one job per '
+            f"{rate_limit:g} second(s)"
+        )
+        if options["dry_run"]:
+            return
+
+        def work() -> None:
+            Worker(
+                queue_name, rate_limit, burst=options["burst"], max_jobs=options["max_jobs"]
+            ).run()
+
+        if options["concurrency"] == 1:
+            work()
+            return
+        status = run_processes(options["concurrency"], work)
+        if status:
+            sys.exit(status)

@@ -1,0 +1,316 @@
+"""The worker: claims ready jobs by appending events, runs their tasks, records outcomes.
+
+One loop iteration claims a batch (one statement), runs each job's next task with its
+hooks, and records all outcomes (one statement). The batch starts at one job and
+doubles while batches finish quickly, so fast jobs are claimed many at a time and a
+slow job does not hold others back: what a batch has not started when its time is
+up is released. A heartbeat thread renews the leases of held jobs, returns jobs whose
+lease ran out to their queue, and records `stopping` when a signal arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import orjson
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+
+from django_dbq import conf, jsonutil
+from django_dbq.events.claims import (
+    CLAIM_FIELDS,
+    append_held,
+    claim_jobs,
+    expire_leases,
+    renew_leases,
+    seconds_until_due,
+)
+from django_dbq.projections.models import Job
+from django_dbq.runner import Outcome, run_task
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "django_dbq"
+
+
+class Worker:
+    """A worker for one queue; `run()` processes jobs until told to stop."""
+
+    def __init__(
+        self,
+        name: str = "default",
+        rate_limit_in_seconds: float = 0,
+        *,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        using: str = DEFAULT_DB_ALIAS,
+        handle_signals: bool = True,
+    ) -> None:
+        self.queue_name = name
+        self.rate_limit_in_seconds = rate_limit_in_seconds
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.using = using
+        self.alive = True
+        self.current_job: Job | None = None
+        self.jobs_run = 0
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = conf.lease_seconds()
+        self._held: dict[uuid.UUID, Job] = {}
+        self._pending: list[Outcome] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._signalled = False
+        self._stopping_sent: set[uuid.UUID] = set()
+        self._batch_size = 1
+        self._fatal: BaseException | None = None
+        self._listening: Any = None
+        # A program that embeds the worker may keep its own signal handlers.
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            self.init_signals()
+
+    def init_signals(self) -> None:
+        """Stop gracefully on SIGINT, SIGTERM and SIGQUIT."""
+        for name in ("SIGINT", "SIGTERM", "SIGQUIT"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self.shutdown)
+
+    def shutdown(self, signum: int, frame: Any) -> None:
+        """First signal: finish the current task, then exit. Second: exit at once."""
+        if self._signalled:
+            # The held jobs return to their queue when their lease runs out.
+            os._exit(1)
+        self._signalled = True
+        self.alive = False
+        self._wake.set()
+
+    def run(self) -> None:
+        """Process jobs until stopped (or, with burst, until none is ready)."""
+        heartbeat = threading.Thread(target=self._heartbeat, name="dbq-heartbeat", daemon=True)
+        heartbeat.start()
+        backoff = 0.0
+        try:
+            while self.alive:
+                try:
+                    self.process_batch()
+                    backoff = 0.0
+                except DatabaseError as exc:
+                    backoff = min(max(backoff * 2, 0.25), 10.0)
+                    logger.warning(
+                        "Worker %s: database error (%s); retrying in %.2fs",
+                        self.worker_id,
+                        exc,
+                        backoff,
+                    )
+                    connections[self.using].close()
+                    self._wake.wait(backoff)
+        finally:
+            self._finish()
+            self._stopped.set()
+            self._wake.set()
+            heartbeat.join(timeout=10)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def process_batch(self) -> None:
+        """Claim a batch of ready jobs, run them, and record their outcomes."""
+        self._flush()
+        jobs = self._claim()
+        if not jobs:
+            if self.burst:
+                self.alive = False
+            else:
+                self._wait_for_work()
+            return
+        started = time.monotonic()
+        for index, job in enumerate(jobs):
+            overdue = index and time.monotonic() - started > conf.batch_seconds()
+            if not self.alive or overdue:
+                self._release(jobs[index:])
+                break
+            self._run_one(job)
+        self._flush()
+        self._adapt_batch_size(time.monotonic() - started)
+
+    def _claim(self) -> list[Job]:
+        limit = 1 if self.rate_limit_in_seconds else self._batch_size
+        if self.max_jobs is not None:
+            limit = min(limit, self.max_jobs - self.jobs_run)
+        rows = claim_jobs(
+            self.queue_name,
+            limit,
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.lease_seconds,
+            using=self.using,
+        )
+        jobs = [self._job_from_row(row) for row in rows]
+        with self._lock:
+            self._held.update((job.pk, job) for job in jobs)
+        return jobs
+
+    def _job_from_row(self, row: tuple[Any, ...]) -> Job:
+        values = list(row[: len(CLAIM_FIELDS)])
+        workspace = values[CLAIM_FIELDS.index("workspace")]
+        if isinstance(workspace, (str, bytes)):
+            values[CLAIM_FIELDS.index("workspace")] = orjson.loads(workspace)
+        job = Job.from_db(self.using, CLAIM_FIELDS, values)
+        job._dbq_prior_state = row[len(CLAIM_FIELDS)]
+        return job
+
+    def _run_one(self, job: Job) -> None:
+        self.current_job = job
+        logger.info(
+            'Processing job: name="%s" queue="%s" id=%s next_task=%s',
+            job.name,
+            job.queue_name,
+            job.pk,
+            job.next_task,
+        )
+        outcome = run_task(job, self.worker_id)
+        self.current_job = None
+        with self._lock:
+            self._pending.append(outcome)
+        self.jobs_run += 1
+        if outcome.fatal is not None:
+            self._fatal, self.alive = outcome.fatal, False
+        if self.max_jobs is not None and self.jobs_run >= self.max_jobs:
+            self.alive = False
+        if self.rate_limit_in_seconds and self.alive:
+            self._flush()
+            self._wake.wait(self.rate_limit_in_seconds)
+
+    def _flush(self) -> None:
+        """Record the outcomes of finished jobs in one statement."""
+        with self._lock:
+            outcomes = list(self._pending)
+        if not outcomes:
+            return
+        events = [(o.job.pk, o.kind, o.payload) for o in outcomes]
+        recorded = append_held(self.worker_id, events, using=self.using)
+        with self._lock:
+            del self._pending[: len(outcomes)]
+            for outcome in outcomes:
+                self._held.pop(outcome.job.pk, None)
+        for outcome in outcomes:
+            job = outcome.job
+            if job.pk in recorded:
+                logger.info(
+                    'Updating job: name="%s" id=%s state=%s next_task=%s',
+                    job.name,
+                    job.pk,
+                    job.state,
+                    job.next_task or "none",
+                )
+            else:
+                logger.warning(
+                    "Job id=%s: this worker's lease ran out before its outcome (%s) "
+                    "was recorded; the job went back to its queue",
+                    job.pk,
+                    outcome.kind,
+                )
+
+    def _release(self, jobs: list[Job]) -> None:
+        """Give back claimed jobs that were not started."""
+        events = [
+            (
+                job.pk,
+                "released",
+                jsonutil.dumps({"worker": self.worker_id, "state": job._dbq_prior_state}),
+            )
+            for job in jobs
+        ]
+        append_held(self.worker_id, events, using=self.using)
+        with self._lock:
+            for job in jobs:
+                self._held.pop(job.pk, None)
+
+    def _adapt_batch_size(self, elapsed: float) -> None:
+        if elapsed < conf.batch_seconds() / 2:
+            self._batch_size = min(self._batch_size * 2, conf.max_batch_size())
+        elif elapsed > conf.batch_seconds():
+            self._batch_size = max(1, self._batch_size // 4)
+
+    def _wait_for_work(self) -> None:
+        """Sleep until a notification names this queue, a scheduled job is due, or the poll interval."""
+        timeout = conf.poll_seconds()
+        due = seconds_until_due(self.queue_name, using=self.using)
+        if due is not None:
+            timeout = min(timeout, max(due, 0.0))
+        pgconn = self._listen()
+        deadline = time.monotonic() + timeout
+        while self.alive and (remaining := deadline - time.monotonic()) > 0:
+            for note in pgconn.notifies(timeout=remaining, stop_after=1):
+                if note.payload == "*" or self.queue_name in orjson.loads(note.payload):
+                    return
+
+    def _listen(self) -> Any:
+        wrapper = connections[self.using]
+        wrapper.ensure_connection()
+        if self._listening is not wrapper.connection:
+            with wrapper.cursor() as cursor:
+                cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self._listening = wrapper.connection
+        return wrapper.connection
+
+    def _finish(self) -> None:
+        """On the way out: give back unstarted jobs and record what finished."""
+        for attempt in range(3):
+            try:
+                self._flush()
+                with self._lock:
+                    unstarted = list(self._held.values())
+                if unstarted:
+                    self._release(unstarted)
+                return
+            except DatabaseError as exc:
+                logger.warning(
+                    "Worker %s could not record its last outcomes (%s)", self.worker_id, exc
+                )
+                connections[self.using].close()
+                time.sleep(0.5 * (attempt + 1))
+
+    def _heartbeat(self) -> None:
+        """Renew leases, expire other workers' lapsed leases, and record `stopping`."""
+        renew_every = self.lease_seconds / 3
+        check_every = min(renew_every, 5.0)
+        last_renewal = time.monotonic()
+        try:
+            while not self._stopped.is_set():
+                self._wake.wait(check_every)
+                self._wake.clear()
+                if self._stopped.is_set():
+                    return
+                try:
+                    self._record_stopping()
+                    if time.monotonic() - last_renewal >= renew_every:
+                        with self._lock:
+                            held = list(self._held)
+                        renew_leases(self.worker_id, held, self.lease_seconds, using=self.using)
+                        last_renewal = time.monotonic()
+                    for job_id in expire_leases(self.worker_id, using=self.using):
+                        logger.warning(
+                            "Job id=%s: its worker's lease ran out; back in its queue", job_id
+                        )
+                except DatabaseError as exc:
+                    logger.warning("Worker %s heartbeat: database error (%s)", self.worker_id, exc)
+                    connections[self.using].close()
+        finally:
+            connections[self.using].close()
+
+    def _record_stopping(self) -> None:
+        job = self.current_job
+        if self.alive or job is None or job.pk in self._stopping_sent:
+            return
+        self._stopping_sent.add(job.pk)
+        payload = jsonutil.dumps({"worker": self.worker_id})
+        append_held(self.worker_id, [(job.pk, "stopping", payload)], using=self.using)
+        job.state = Job.STATES.STOPPING
