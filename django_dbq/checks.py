@@ -59,6 +59,16 @@ def _check_job(name: str, config: Any) -> list[Error]:
         )
     for path in task_paths:
         errors.extend(_check_path(name, "task", path, max_length=100))
+    repeated = sorted({p for p in task_paths if task_paths.count(p) > 1})
+    if repeated:
+        errors.append(
+            Error(
+                f"settings.JOBS[{name!r}] lists {', '.join(repeated)} more than once.",
+                hint="A job moves from task to task by path, so each path may appear once; "
+                "to run a function twice, give it a second name in its module.",
+                id="django_dbq.E008",
+            )
+        )
     config = tasks.get_job_config(name)
     for key in tasks.HOOK_KEYS:
         if config.get(key):

@@ -29,3 +29,12 @@ def count_rows():
             return cursor.fetchone()[0]
 
     return _count
+
+
+@pytest.fixture
+def runs_file(tmp_path, monkeypatch):
+    """The file in which tests.jobs.record_run counts task runs, also for child processes."""
+    path = tmp_path / "runs.txt"
+    path.touch()
+    monkeypatch.setenv("DBQ_TEST_RUNS", str(path))
+    return path

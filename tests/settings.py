@@ -50,7 +50,7 @@ JOBS = {
     },
     "exits": ["tests.jobs.exiting_task"],
     "unstorable": ["tests.jobs.unstorable_workspace_task"],
-    "counted": ["tests.jobs.record_run", "tests.jobs.record_run"],
+    "counted": ["tests.jobs.record_run", "tests.jobs.record_run_again"],
     "counted_once": ["tests.jobs.record_run"],
     "killed_once": ["tests.jobs.sleep_on_first_run"],
     "badhook": {

@@ -26,6 +26,11 @@ def test_check__the_test_settings_are_clean():
         ),
         ({"a": "tests.jobs.task_one"}, "django_dbq.E002", "must be a dict"),
         ({"a": {"tasks": ["tests.jobs." + "x" * 100]}}, "django_dbq.E006", "over 100"),
+        (
+            {"a": ["tests.jobs.task_one", "tests.jobs.task_one"]},
+            "django_dbq.E008",
+            "more than once",
+        ),
     ],
 )
 def test_check__reports_bad_jobs_settings(settings, jobs, expected_id, words):

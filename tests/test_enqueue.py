@@ -155,6 +155,15 @@ def test_create__job_without_tasks_is_a_config_error(settings, count_rows):
     assert count_rows("django_dbq_jobevent") == 0
 
 
+def test_create__job_repeating_a_task_path_is_a_config_error(settings, count_rows):
+    settings.JOBS = {"loop": ["tests.jobs.task_one", "tests.jobs.task_one"]}
+
+    with pytest.raises(JobConfigError, match="more than once"):
+        Job.objects.create(name="loop")
+
+    assert count_rows("django_dbq_jobevent") == 0
+
+
 def test_bulk_create__one_bad_job_writes_none_of_the_batch(count_rows):
     with pytest.raises(InvalidJobError):
         Job.objects.bulk_create([Job(name="testjob"), Job(name="testjob", priority=10**6)])

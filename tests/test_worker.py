@@ -241,22 +241,18 @@ def test_worker__claims_and_records_in_batches_not_one_round_trip_per_job():
     assert len(event_writes) <= 2 * 10, len(event_writes)
 
 
-def test_worker__gives_back_claimed_jobs_it_has_no_time_to_start(settings):
+def test_worker__gives_back_claimed_jobs_it_has_no_time_to_start(settings, runs_file):
     settings.DBQ_BATCH_SECONDS = 0.05
     Job.objects.bulk_create([Job(name="counted_once", workspace={"sleep": 0.06}) for _ in range(6)])
-    with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE IF NOT EXISTS dbq_test_runs (job_id uuid, task text, pid int)")
-    try:
-        worker = Worker(burst=True, handle_signals=False)
-        worker._batch_size = 4
-        worker.run()
-        released = Job.objects.filter(events__kind="released").distinct().count()
-        assert released == 3
-        assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == 6
-        assert verify_projection().ok
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TABLE dbq_test_runs")
+    worker = Worker(burst=True, handle_signals=False)
+    worker._batch_size = 4
+
+    worker.run()
+
+    assert Job.objects.filter(events__kind="released").distinct().count() == 3
+    assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == 6
+    assert len(runs_file.read_text().splitlines()) == 6
+    assert verify_projection().ok
 
 
 def test_lease__expired_claim_returns_the_job_and_another_worker_finishes_it():

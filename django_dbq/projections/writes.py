@@ -81,6 +81,11 @@ def _prepare_new(job: Job) -> bool:
         raise JobConfigError(
             f"settings.JOBS[{job.name!r}] lists no tasks; give it at least one dotted task path."
         )
+    if len(set(task_names)) < len(task_names):
+        raise JobConfigError(
+            f"settings.JOBS[{job.name!r}] lists a task more than once; a job moves from "
+            "task to task by path, so give a repeated function a second name."
+        )
     job.next_task = task_names[0]
     if job.workspace is None:
         job.workspace = {}

@@ -1,0 +1,215 @@
+"""Worker processes against a real PostgreSQL: concurrency, kill -9, signals, lost connections."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+from django.db import connection
+
+from django_dbq.models import Job
+from django_dbq.projections.replay import verify_projection
+from tests.jobs import runs_of
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url_of_this_test():
+    """The URL of the database this test runs in, for the worker processes."""
+    parts = urlparse(os.environ["DATABASE_URL"])
+    return urlunparse(parts._replace(path="/" + connection.settings_dict["NAME"]))
+
+
+STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_workers():
+    """A failing test must not leave worker processes attached to the test database."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def start_worker(*args, **env):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "django", "worker", *args, "--settings=tests.settings"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url_of_this_test(), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    STARTED.append(process)
+    return process
+
+
+def wait_for(condition, timeout=20.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {condition.__doc__ or condition}")
+
+
+def finish(process, timeout=60):
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"worker did not exit:\n{err[-3000:]}") from None
+    return process.returncode, out, err
+
+
+def kinds(job_id):
+    return list(Job.objects.get(pk=job_id).events.values_list("kind", flat=True))
+
+
+def assert_each_task_ran_once(runs_file, jobs, tasks_per_job):
+    runs = Counter(tuple(line.split()[:2]) for line in runs_file.read_text().splitlines())
+    assert len(runs) == len(jobs) * tasks_per_job
+    assert set(runs.values()) == {1}, [key for key, n in runs.items() if n > 1][:5]
+
+
+def test_several_workers__run_every_task_exactly_once(runs_file):
+    jobs = Job.objects.bulk_create([Job(name="counted") for _ in range(1500)])
+
+    workers = [start_worker("--burst") for _ in range(3)]
+    results = [finish(worker) for worker in workers]
+
+    assert [code for code, _, _ in results] == [0, 0, 0], results[0][2][-2000:]
+    assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == 1500
+    assert_each_task_ran_once(runs_file, jobs, tasks_per_job=2)
+    claimed_by = {
+        e.payload["pid"] for e in Job.objects.get(pk=jobs[-1].pk).events.filter(kind="claimed")
+    }
+    assert claimed_by
+    assert verify_projection().ok
+
+
+def test_concurrency_option__runs_several_processes(runs_file):
+    jobs = Job.objects.bulk_create(
+        [Job(name="counted_once", workspace={"sleep": 0.01}) for _ in range(200)]
+    )
+
+    code, out, err = finish(start_worker("--burst", "--concurrency", "2"))
+
+    assert code == 0, err[-2000:]
+    assert_each_task_ran_once(runs_file, jobs, tasks_per_job=1)
+    pids = {line.split()[2] for line in runs_file.read_text().splitlines()}
+    assert len(pids) == 2
+
+
+def test_kill_9__the_job_is_finished_by_another_worker_after_the_lease(runs_file):
+    job = Job.objects.create(name="killed_once")
+    first = start_worker(DBQ_LEASE_SECONDS="2")
+    wait_for(lambda: runs_of(job.id))
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+
+    code, _, err = finish(start_worker("--max-jobs", "1", DBQ_LEASE_SECONDS="2"))
+
+    assert code == 0, err[-2000:]
+    assert Job.objects.get(pk=job.pk).state == Job.STATES.COMPLETE
+    assert kinds(job.id) == ["created", "claimed", "lease_expired", "claimed", "completed"]
+    claims = Job.objects.get(pk=job.pk).events.filter(kind="claimed")
+    assert claims[0].payload["pid"] == first.pid != claims[1].payload["pid"]
+    assert len(runs_of(job.id)) == 2
+    assert verify_projection().ok
+
+
+def test_sigterm__records_stopping_finishes_the_task_and_exits_0(runs_file):
+    job = Job.objects.create(name="counted_once", workspace={"sleep": 1.5})
+    waiting = Job.objects.create(name="counted_once")
+    worker = start_worker()
+    wait_for(lambda: runs_of(job.id))
+
+    worker.send_signal(signal.SIGTERM)
+    code, _, err = finish(worker)
+
+    assert code == 0, err[-2000:]
+    assert kinds(job.id) == ["created", "claimed", "stopping", "completed"]
+    assert Job.objects.get(pk=job.pk).state == Job.STATES.COMPLETE
+    assert Job.objects.get(pk=waiting.pk).state in (Job.STATES.NEW, Job.STATES.COMPLETE)
+    assert verify_projection().ok
+
+
+def test_second_signal__exits_at_once_and_the_lease_recovers_the_job(runs_file):
+    job = Job.objects.create(name="killed_once")
+    worker = start_worker(DBQ_LEASE_SECONDS="2")
+    wait_for(lambda: runs_of(job.id))
+
+    worker.send_signal(signal.SIGINT)
+    wait_for(lambda: "stopping" in kinds(job.id))
+    started = time.monotonic()
+    worker.send_signal(signal.SIGINT)
+    code, _, _ = finish(worker)
+
+    assert code == 1 and time.monotonic() - started < 5
+    code, _, err = finish(start_worker("--max-jobs", "1", DBQ_LEASE_SECONDS="2"))
+    assert code == 0, err[-2000:]
+    assert kinds(job.id) == [
+        "created",
+        "claimed",
+        "stopping",
+        "lease_expired",
+        "claimed",
+        "completed",
+    ]
+
+
+def test_heartbeat__a_long_task_keeps_its_job_past_the_lease(runs_file):
+    job = Job.objects.create(name="counted_once", workspace={"sleep": 4})
+    runner = start_worker("--max-jobs", "1", DBQ_LEASE_SECONDS="1.5")
+    wait_for(lambda: runs_of(job.id))
+    rival = start_worker(DBQ_LEASE_SECONDS="1.5")
+
+    code, _, err = finish(runner)
+    rival.send_signal(signal.SIGTERM)
+    finish(rival)
+
+    assert code == 0, err[-2000:]
+    history = kinds(job.id)
+    assert history.count("claimed") == 1 and history.count("lease_renewed") >= 2
+    assert history[-1] == "completed" and "lease_expired" not in history
+    assert len(runs_of(job.id)) == 1
+
+
+def terminate_other_backends():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_lost_connections__workers_reconnect_and_lose_or_repeat_nothing(runs_file):
+    jobs = Job.objects.bulk_create(
+        [Job(name="counted", workspace={"sleep": 0.002}) for _ in range(400)]
+    )
+    workers = [start_worker("--burst") for _ in range(2)]
+    killed = 0
+    for _ in range(4):
+        time.sleep(0.4)
+        killed += terminate_other_backends()
+
+    results = [finish(worker) for worker in workers]
+
+    assert killed > 0
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-2000:]
+    assert "database error" in results[0][2] + results[1][2]
+    assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == 400
+    assert_each_task_ran_once(runs_file, jobs, tasks_per_job=2)
+    assert verify_projection().ok
