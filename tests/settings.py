@@ -16,6 +16,8 @@ INSTALLED_APPS = [
     "django_dbq",
 ]
 DATABASES = {"default": database_settings(database_url(BASE_DIR / ".pgdata"))}
+# A test database per run, so that two suites on one server do not drop each other's.
+DATABASES["default"]["TEST"] = {"NAME": f"test_dbq_{os.getpid()}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 JOBS = {

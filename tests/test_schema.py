@@ -33,11 +33,15 @@ def test_state_machine__names_every_event_kind():
 def test_claim_query__is_served_by_the_partial_index():
     Job.objects.bulk_create([Job(name="testjob", state="COMPLETE") for _ in range(5000)])
     Job.objects.bulk_create([Job(name="testjob") for _ in range(20)])
-    claim = load_queries("django_dbq.projections")["jobs_select_claimable"]
+    claim = load_queries("django_dbq.events", "claims.sql")["jobs_claim"]
+    params = {"queue_name": "default", "limit": 10, "worker": "w", "host": "h", "pid": 1}
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_dbq_job")
-        cursor.execute("EXPLAIN " + claim, {"queue_name": "default", "limit": 10})
+        cursor.execute("EXPLAIN " + claim, {**params, "lease_seconds": 30})
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
-    assert "django_dbq_job_claimable" in plan, plan
-    assert "Sort" not in plan, plan
+    # The ready jobs come off the index in claim order: no scan of the table, no sort.
+    lines = [line.strip() for line in plan.splitlines()]
+    lock_rows = next(i for i, line in enumerate(lines) if line.startswith("->  LockRows"))
+    assert "Index Scan using django_dbq_job_claimable" in lines[lock_rows + 1], plan
+    assert "Seq Scan on django_dbq_job " not in plan, plan

@@ -31,15 +31,3 @@ LIMIT %(limit)s
 
 -- name: projection_count
 SELECT count(*) FROM django_dbq_job
-
--- name: jobs_select_claimable
--- The ready jobs of a queue in claim order (priority high to low, then oldest
--- first), skipping rows other workers hold; served by django_dbq_job_claimable.
-SELECT id, version
-FROM django_dbq_job
-WHERE queue_name = %(queue_name)s
-  AND state IN ('NEW', 'READY')
-  AND (run_after IS NULL OR run_after <= now())
-ORDER BY priority DESC, created
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
