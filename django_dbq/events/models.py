@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pgtrigger
-from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 
 from django_dbq.projections.models import Job
@@ -36,6 +37,15 @@ OCCURS_WHEN: dict[str, str] = {
     EventKind.RELEASED: "a worker gives back a job it claimed but did not start",
     EventKind.UPDATED: "job.save() or the admin changed fields of an existing job",
 }
+
+
+class BrinIndex(models.Index):
+    """A BRIN index, without needing django.contrib.postgres in INSTALLED_APPS."""
+
+    suffix = "brin"
+
+    def create_sql(self, model: Any, schema_editor: Any, using: str = "", **kwargs: Any) -> Any:
+        return super().create_sql(model, schema_editor, using=" USING brin", **kwargs)
 
 
 class ClockTimestamp(models.Func):

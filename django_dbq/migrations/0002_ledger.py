@@ -5,7 +5,6 @@ into the ledger: each gets an imported `created` event holding its fields, and t
 trigger writes its projection row back, identical to what it was.
 """
 
-import django.contrib.postgres.indexes
 import django.db.models.deletion
 import pgtrigger.compiler
 import pgtrigger.migrations
@@ -102,7 +101,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="jobevent",
-            index=django.contrib.postgres.indexes.BrinIndex(
+            index=django_dbq.events.models.BrinIndex(
                 fields=["at"], name="django_dbq_event_at_brin"
             ),
         ),

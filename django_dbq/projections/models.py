@@ -145,10 +145,11 @@ class Job(models.Model):
         raise ProjectionWriteError(f"job.delete() is refused. {_WRITE_REFUSED}")
 
     @classmethod
-    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Job:
+    def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Job:
         from django_dbq.projections.writes import remember_loaded
 
-        instance = super().from_db(db, field_names, values)
+        # kwargs: Django 6.1 passes fetch_mode; 5.2 passes nothing.
+        instance = super().from_db(db, field_names, values, **kwargs)
         remember_loaded(instance, field_names)
         return instance
 
