@@ -1,0 +1,24 @@
+"""Settings for the benchmarks: a database of their own (dbq_bench) on the server
+DATABASE_URL names, or on the embedded PostgreSQL."""
+
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+from django_dbq.testing import database_settings, database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SERVER_URL = database_url(BASE_DIR / ".pgdata")
+BENCH_URL = urlunparse(urlparse(SERVER_URL)._replace(path="/dbq_bench"))
+
+SECRET_KEY = "benchmarks-only"
+USE_TZ = True
+INSTALLED_APPS = ["pgtrigger", "django_dbq"]
+DATABASES = {"default": database_settings(BENCH_URL)}
+JOBS = {
+    "noop": ["benchmarks.tasks.noop"],
+    "noop3": ["benchmarks.tasks.noop", "benchmarks.tasks.noop2", "benchmarks.tasks.noop3"],
+}
+
+import os  # noqa: E402
+
+DBQ_MAX_BATCH_SIZE = int(os.environ.get("DBQ_MAX_BATCH_SIZE", 100))
