@@ -52,7 +52,7 @@ def drain(workers: int, queues: int) -> tuple[float, float, int]:
     for process in processes:
         if process.wait() != 0:
             raise SystemExit(f"a worker exited with {process.returncode}")
-    (first, last, events, jobs), = sql(
+    ((first, last, events, jobs),) = sql(
         "SELECT min(at) FILTER (WHERE kind = 'claimed'), max(at),"
         " count(*) FILTER (WHERE kind <> 'created'),"
         " count(*) FILTER (WHERE kind = 'completed') FROM django_dbq_jobevent"
@@ -138,8 +138,14 @@ def main() -> None:
             ("drain (events/s)", result["drain_events_per_s"]),
             ("bulk enqueue (jobs/s)", result["enqueue_bulk_jobs_per_s"]),
             ("Job.objects.create one by one (jobs/s)", result["enqueue_one_by_one_jobs_per_s"]),
-            (f"claim of {args.batch}, p50 / p99", f"{result['claim_ms_p50']:.2f} / {result['claim_ms_p99']:.2f} ms"),
-            (f"ack of {args.batch}, p50 / p99", f"{result['ack_ms_p50']:.2f} / {result['ack_ms_p99']:.2f} ms"),
+            (
+                f"claim of {args.batch}, p50 / p99",
+                f"{result['claim_ms_p50']:.2f} / {result['claim_ms_p99']:.2f} ms",
+            ),
+            (
+                f"ack of {args.batch}, p50 / p99",
+                f"{result['ack_ms_p50']:.2f} / {result['ack_ms_p99']:.2f} ms",
+            ),
             ("machine", json.dumps(result["machine"])),
         ],
     )

@@ -103,10 +103,8 @@ class JobEvent(models.Model):
                 operation=pgtrigger.Insert,
                 referencing=pgtrigger.Referencing(new="new_events"),
                 func="""
-                PERFORM dbq_apply_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));
-                PERFORM dbq_notify_ready_v1(ARRAY(
-                    SELECT e.job_id FROM new_events e
-                    WHERE e.kind IN ('created', 'task_done', 'lease_expired', 'released', 'updated')
+                PERFORM dbq_notify_waiting_v1(dbq_apply_events_v1(
+                    ARRAY(SELECT e::django_dbq_jobevent FROM new_events e)
                 ));
                 RETURN NULL;
                 """,

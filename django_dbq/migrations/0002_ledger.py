@@ -29,26 +29,30 @@ FROM dbq_import
 ORDER BY created, id;
 """
 
+SQL_FILES = [
+    ("django_dbq.projections", "sql/apply_events_v1.sql"),
+    ("django_dbq.projections", "sql/replay_events_v1.sql"),
+    ("django_dbq.events", "sql/delete_old_jobs_v1.sql"),
+]
+
 FUNCTIONS = [
-    ("django_dbq.projections", "sql/apply_events_v1.sql", "dbq_next_state_v1(text, text, jsonb)"),
-    (
-        "django_dbq.projections",
-        "sql/apply_events_v1.sql",
-        "dbq_apply_events_v1(django_dbq_jobevent[])",
-    ),
-    ("django_dbq.projections", "sql/apply_events_v1.sql", "dbq_notify_ready_v1(uuid[])"),
-    ("django_dbq.projections", "sql/replay_events_v1.sql", "dbq_replay_events_v1()"),
-    ("django_dbq.events", "sql/delete_old_jobs_v1.sql", "dbq_delete_old_jobs_v1(timestamptz)"),
+    "dbq_next_state_v1(text, text, jsonb)",
+    "dbq_event_is_illegal_v1(text, integer, jsonb, boolean, text, integer)",
+    "dbq_refuse_events_v1(django_dbq_jobevent[])",
+    "dbq_apply_events_v1(django_dbq_jobevent[])",
+    "dbq_notify_waiting_v1(text[])",
+    "dbq_replay_events_v1()",
+    "dbq_delete_old_jobs_v1(timestamptz)",
 ]
 
 
 def install_functions(apps, schema_editor):
-    for text in dict.fromkeys(read_sql(package, path) for package, path, _ in FUNCTIONS):
-        schema_editor.execute(text, params=None)
+    for package, path in SQL_FILES:
+        schema_editor.execute(read_sql(package, path), params=None)
 
 
 def drop_functions(apps, schema_editor):
-    for _, _, signature in reversed(FUNCTIONS):
+    for signature in reversed(FUNCTIONS):
         schema_editor.execute(f"DROP FUNCTION IF EXISTS {signature}", params=None)
 
 
@@ -217,8 +221,8 @@ class Migration(migrations.Migration):
             trigger=pgtrigger.compiler.Trigger(
                 name="apply_events",
                 sql=pgtrigger.compiler.UpsertTriggerSql(
-                    func="\n                PERFORM dbq_apply_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));\n                PERFORM dbq_notify_ready_v1(ARRAY(\n                    SELECT e.job_id FROM new_events e\n                    WHERE e.kind IN ('created', 'task_done', 'lease_expired', 'released', 'updated')\n                ));\n                RETURN NULL;\n                ",
-                    hash="1b9de67b3eb8e39bafaadb5c6b83400443b03ace",
+                    func="\n                PERFORM dbq_notify_waiting_v1(dbq_apply_events_v1(\n                    ARRAY(SELECT e::django_dbq_jobevent FROM new_events e)\n                ));\n                RETURN NULL;\n                ",
+                    hash="003d2344139d5c95a14b524332d9ce1689c6bf18",
                     level="STATEMENT",
                     operation="INSERT",
                     pgid="pgtrigger_apply_events_0dd6f",
