@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
@@ -43,12 +45,39 @@ def _load(path: str) -> Callable[..., Any]:
     return import_string(path)
 
 
-def _hook(job: Job, getter: Callable[[str], str | None]) -> Callable[..., Any] | None:
-    try:
-        path = getter(job.name)
-    except DbqError:
-        return None
-    return _load(path) if path else None
+@dataclass(frozen=True)
+class _Plan:
+    """What settings.JOBS says about one job: each task's successor, and its hooks."""
+
+    following: dict[str, str | None]
+    pre_task_hook: str | None
+    post_task_hook: str | None
+    failure_hook: str | None
+
+
+_plans: dict[str, _Plan] = {}
+
+
+def _plan(job_name: str) -> _Plan:
+    """The job's plan, read from settings.JOBS once per job name (UnknownJobError if absent)."""
+    plan = _plans.get(job_name)
+    if plan is None:
+        config = tasks.get_job_config(job_name)
+        names = tasks.get_task_names(job_name)
+        plan = _Plan(
+            following=dict(zip(names, [*names[1:], None], strict=True)),
+            pre_task_hook=config.get(tasks.PRE_TASK_HOOK_KEY),
+            post_task_hook=config.get(tasks.POST_TASK_HOOK_KEY),
+            failure_hook=config.get(tasks.FAILURE_HOOK_KEY),
+        )
+        _plans[job_name] = plan
+    return plan
+
+
+@receiver(setting_changed)
+def _forget_plans(setting: str, **kwargs: Any) -> None:
+    if setting == "JOBS":
+        _plans.clear()
 
 
 def run_task(job: Job, worker: str) -> Outcome:
@@ -56,14 +85,15 @@ def run_task(job: Job, worker: str) -> Outcome:
     task = job.next_task
     started = time.perf_counter()
     error: BaseException | None = None
+    plan: _Plan | None = None
     try:
         # Looked up before the task runs: a job removed from JOBS, or a task no
         # longer in its list, fails here without running anything.
-        following = _following_task(job.name, task)
+        plan = _plan(job.name)
+        following = _following_task(plan, job.name, task)
         task_function = _load(task)
-        pre_task_hook = _hook(job, tasks.get_pre_task_hook_name)
-        if pre_task_hook:
-            pre_task_hook(job)
+        if plan.pre_task_hook:
+            _load(plan.pre_task_hook)(job)
         task_function(job)
         job.next_task = following or ""
         job.state = job.STATES.COMPLETE if not job.next_task else job.STATES.READY
@@ -71,34 +101,27 @@ def run_task(job: Job, worker: str) -> Outcome:
         error = exc
         job.state = job.STATES.FAILED
         logger.exception("Job id=%s failed", job.pk)
-        _run_failure_hook(job, exc)
+        if plan and plan.failure_hook:
+            _run_hook(plan.failure_hook, "failure hook", job, exc)
     finally:
-        _run_post_task_hook(job)
+        if plan and plan.post_task_hook:
+            _run_hook(plan.post_task_hook, "post-task hook", job)
     duration = time.perf_counter() - started
     return _outcome(job, task, worker, duration, error)
 
 
-def _following_task(job_name: str, task: str) -> str | None:
-    task_names = tasks.get_task_names(job_name)
-    if task not in task_names:
+def _following_task(plan: _Plan, job_name: str, task: str) -> str | None:
+    if task not in plan.following:
         raise DbqError(
             f"Task {task!r} is not in settings.JOBS[{job_name!r}] any more "
-            f"(its tasks are {task_names}); requeue the job or restore the task."
+            f"(its tasks are {list(plan.following)}); requeue the job or restore the task."
         )
-    return tasks.get_next_task_name(job_name, task)
+    return plan.following[task]
 
 
-def _run_failure_hook(job: Job, exc: BaseException) -> None:
-    failure_hook = _safe(lambda: _hook(job, tasks.get_failure_hook_name), job, "failure hook")
-    if failure_hook:
-        logger.info("Running failure hook for job id=%s", job.pk)
-        _safe(lambda: failure_hook(job, exc), job, "failure hook")
-
-
-def _run_post_task_hook(job: Job) -> None:
-    post_task_hook = _safe(lambda: _hook(job, tasks.get_post_task_hook_name), job, "post-task hook")
-    if post_task_hook:
-        _safe(lambda: post_task_hook(job), job, "post-task hook")
+def _run_hook(path: str, what: str, job: Job, *args: Any) -> None:
+    """Run a failure or post-task hook; if it raises, log it and let the job's outcome stand."""
+    _safe(lambda: _load(path)(job, *args), job, what)
 
 
 def _safe(call: Callable[[], Any], job: Job, what: str) -> Any:

@@ -10,6 +10,7 @@ lease ran out to their queue, and records `stopping` when a signal arrives.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import signal
@@ -20,7 +21,9 @@ import uuid
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.utils import timezone
 
 from django_dbq import conf, jsonutil
 from django_dbq.events.claims import (
@@ -32,11 +35,21 @@ from django_dbq.events.claims import (
     seconds_until_due,
 )
 from django_dbq.projections.models import Job
+from django_dbq.projections.writes import remember_loaded
 from django_dbq.runner import Outcome, run_task
 
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "django_dbq"
+_TIME_COLUMNS = [CLAIM_FIELDS.index(name) for name in ("created", "modified", "lease_until")]
+_WORKSPACE = CLAIM_FIELDS.index("workspace")
+
+
+def _from_epoch(seconds: float | None) -> datetime.datetime | None:
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment if settings.USE_TZ else timezone.make_naive(moment)
 
 
 class Worker:
@@ -159,10 +172,17 @@ class Worker:
 
     def _job_from_row(self, row: tuple[Any, ...]) -> Job:
         values = list(row[: len(CLAIM_FIELDS)])
-        workspace = values[CLAIM_FIELDS.index("workspace")]
-        if isinstance(workspace, (str, bytes)):
-            values[CLAIM_FIELDS.index("workspace")] = orjson.loads(workspace)
-        job = Job.from_db(self.using, CLAIM_FIELDS, values)
+        for index in _TIME_COLUMNS:
+            values[index] = _from_epoch(values[index])
+        text = values[_WORKSPACE]
+        if isinstance(text, (str, bytes)):
+            values[_WORKSPACE] = orjson.loads(text)
+        # As Model.from_db does, but the workspace is remembered as the text read,
+        # so save() can tell what a task changed without encoding it for every job.
+        job = Job(*values)
+        job._state.adding = False
+        job._state.db = self.using
+        remember_loaded(job, CLAIM_FIELDS, workspace_text=text)
         job._dbq_prior_state = row[len(CLAIM_FIELDS)]
         return job
 

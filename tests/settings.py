@@ -55,6 +55,7 @@ JOBS = {
     "counted": ["tests.jobs.record_run", "tests.jobs.record_run_again"],
     "counted_once": ["tests.jobs.record_run"],
     "killed_once": ["tests.jobs.sleep_on_first_run"],
+    "saves": ["tests.jobs.saving_task"],
     "badhook": {
         "tasks": ["tests.jobs.task_one"],
         "creation_hook": "tests.jobs.failing_creation_hook",

@@ -339,3 +339,19 @@ def test_wakeup__a_scheduled_job_starts_when_due_without_polling(settings):
     assert not thread.is_alive()
     claimed_at = job.events.get(kind="claimed").at
     assert due <= claimed_at < due + timedelta(seconds=1)
+
+
+def test_worker__a_task_that_saves_its_job_records_only_what_changed():
+    job = Job.objects.create(name="saves", workspace={"start": 1})
+
+    drain()
+
+    assert kinds(job) == ["created", "claimed", "updated", "completed"]
+    updated = job.events.get(kind="updated")
+    assert updated.payload == {"workspace": {"start": 1, "progress": 50}}
+    claimed = job.events.get(kind="claimed")
+    seen = test_jobs.SEEN
+    assert seen["created"] == Job.objects.get(pk=job.pk).created
+    assert seen["modified"] == claimed.at
+    assert abs((seen["lease_until"] - claimed.at).total_seconds() - 30) < 1
+    assert Job.objects.get(pk=job.pk).workspace == {"start": 1, "progress": 50}

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+import orjson
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from django_dbq.exceptions import JobGoneError
@@ -25,15 +26,27 @@ def _queries() -> dict[str, str]:
     return load_queries("django_dbq.events")
 
 
+def encode_events(events: Sequence[tuple[uuid.UUID, str, str]]) -> str:
+    """One JSON array of {job_id, kind, payload} for a batch of events.
+
+    Payloads arrive encoded already; one document per batch lets the server parse
+    it in one go, where an array parameter would be escaped element by element.
+    """
+    return orjson.dumps(
+        [
+            {"job_id": job_id, "kind": kind, "payload": orjson.Fragment(payload)}
+            for job_id, kind, payload in events
+        ]
+    ).decode()
+
+
 def append_created(
-    job_ids: Sequence[uuid.UUID], payloads: Sequence[str], using: str = DEFAULT_DB_ALIAS
+    jobs: Sequence[tuple[uuid.UUID, str]], using: str = DEFAULT_DB_ALIAS
 ) -> dict[uuid.UUID, datetime]:
-    """Append `created` events (payloads are JSON text) in one statement; return each job's time."""
+    """Append `created` events for (job_id, payload JSON) pairs in one statement; return each job's time."""
+    events = encode_events([(job_id, "created", payload) for job_id, payload in jobs])
     with connections[using].cursor() as cursor:
-        cursor.execute(
-            _queries()["events_insert_created"],
-            {"job_ids": list(job_ids), "payloads": list(payloads)},
-        )
+        cursor.execute(_queries()["events_insert_created"], {"events": events})
         return dict(cursor.fetchall())
 
 
@@ -41,20 +54,12 @@ def append_events(
     events: Sequence[tuple[uuid.UUID, str, str]], using: str = DEFAULT_DB_ALIAS
 ) -> list[Appended]:
     """Append (job_id, kind, payload JSON) events, at most one per job, in one statement."""
-    job_ids = [job_id for job_id, _, _ in events]
     # Atomic: when one job is missing, the events of the others are not kept either.
     with transaction.atomic(using), connections[using].cursor() as cursor:
-        cursor.execute(
-            _queries()["events_append"],
-            {
-                "job_ids": job_ids,
-                "kinds": [kind for _, kind, _ in events],
-                "payloads": [payload for _, _, payload in events],
-            },
-        )
+        cursor.execute(_queries()["events_append"], {"events": encode_events(events)})
         appended = [Appended(*row) for row in cursor.fetchall()]
         if len(appended) != len(events):
-            missing = set(job_ids) - {row.job_id for row in appended}
+            missing = {job_id for job_id, _, _ in events} - {row.job_id for row in appended}
             raise JobGoneError(
                 f"No job with id {', '.join(map(str, sorted(missing)))} in the projection; "
                 "it was never created or has been removed by delete_old_jobs."

@@ -11,10 +11,12 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from django_dbq.events.append import encode_events
 from django_dbq.sqlfiles import load_queries
 
-# The columns jobs_claim returns, in order: Job's concrete fields, then the state
-# the job had before the claim (NEW or READY), which `released` restores.
+# The columns jobs_claim returns, in order: Job's concrete fields (created,
+# modified and lease_until as epoch seconds), then the state the job had before
+# the claim (NEW or READY), which `released` restores.
 CLAIM_FIELDS = (
     "id",
     "created",
@@ -67,12 +69,7 @@ def append_held(
     """Append (job_id, kind, payload JSON) events for jobs the worker holds; return the ids recorded."""
     if not events:
         return set()
-    params = {
-        "worker": worker,
-        "job_ids": [job_id for job_id, _, _ in events],
-        "kinds": [kind for _, kind, _ in events],
-        "payloads": [payload for _, _, payload in events],
-    }
+    params = {"worker": worker, "events": encode_events(events)}
     return {row[0] for row in _execute("jobs_append_held", params, using)}
 
 

@@ -4,19 +4,22 @@
 -- name: events_insert_created
 -- Append one `created` event (version 1) per new job, in the order given;
 -- at = clock_timestamp() per row, so jobs created together keep their order.
+-- The events come as one JSON array of {job_id, payload}.
 INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
 SELECT e.job_id, 1, 'created', e.payload
-FROM unnest(%(job_ids)s::uuid[], %(payloads)s::jsonb[]) WITH ORDINALITY AS e(job_id, payload, n)
+FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (job_id uuid, payload jsonb))
+    WITH ORDINALITY AS e(job_id, payload, n)
 ORDER BY e.n
 RETURNING job_id, at
 
 -- name: events_append
--- Append one event per job at the job's next version. Locking the projection
--- rows first serialises writers of the same job, so a concurrent writer waits
--- and then reads the version this statement leaves behind.
+-- Append one event per job at the job's next version; the events come as one
+-- JSON array of {job_id, kind, payload}. Locking the projection rows first
+-- serialises writers of the same job, so a concurrent writer waits and then
+-- reads the version this statement leaves behind.
 WITH incoming AS (
     SELECT *
-    FROM unnest(%(job_ids)s::uuid[], %(kinds)s::text[], %(payloads)s::jsonb[])
+    FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (job_id uuid, kind text, payload jsonb))
         WITH ORDINALITY AS i(job_id, kind, payload, n)
 ), current_version AS (
     SELECT j.id, j.version

@@ -40,6 +40,7 @@ FUNCTIONS = [
     "dbq_event_is_illegal_v1(text, integer, jsonb, boolean, text, integer)",
     "dbq_refuse_events_v1(django_dbq_jobevent[])",
     "dbq_apply_events_v1(django_dbq_jobevent[])",
+    "dbq_apply_statement_v1(django_dbq_jobevent[])",
     "dbq_notify_waiting_v1(text[])",
     "dbq_replay_events_v1()",
     "dbq_delete_old_jobs_v1(timestamptz)",
@@ -221,8 +222,8 @@ class Migration(migrations.Migration):
             trigger=pgtrigger.compiler.Trigger(
                 name="apply_events",
                 sql=pgtrigger.compiler.UpsertTriggerSql(
-                    func="\n                PERFORM dbq_notify_waiting_v1(dbq_apply_events_v1(\n                    ARRAY(SELECT e::django_dbq_jobevent FROM new_events e)\n                ));\n                RETURN NULL;\n                ",
-                    hash="003d2344139d5c95a14b524332d9ce1689c6bf18",
+                    func="\n                PERFORM dbq_notify_waiting_v1(dbq_apply_statement_v1(\n                    ARRAY(SELECT e::django_dbq_jobevent FROM new_events e)\n                ));\n                RETURN NULL;\n                ",
+                    hash="91f041481b4801cc516e818da1713dc5bef72e32",
                     level="STATEMENT",
                     operation="INSERT",
                     pgid="pgtrigger_apply_events_0dd6f",

@@ -41,8 +41,8 @@ def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None)
     size = batch_size or len(ready) or 1
     for start in range(0, len(ready), size):
         batch = ready[start : start + size]
-        payloads = [jsonutil.dumps(_created_payload(job), "workspace") for job in batch]
-        times = append_created([job.pk for job in batch], payloads, using=using)
+        payloads = [(job.pk, jsonutil.dumps(_created_payload(job), "workspace")) for job in batch]
+        times = append_created(payloads, using=using)
         for job in batch:
             _mark_saved(job, using, version=1, at=times[job.pk], created=True)
     return ready
@@ -65,13 +65,21 @@ def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) ->
     _mark_saved(job, using, version=appended.version, at=appended.at)
 
 
-def remember_loaded(job: Job, field_names: Iterable[str] | None) -> None:
+class _WorkspaceText(str):
+    """The workspace as read from the database, encoded for comparison only when needed."""
+
+
+def remember_loaded(
+    job: Job, field_names: Iterable[str] | None, workspace_text: str | None = None
+) -> None:
     """Keep what was read from the database, so save() can tell what changed."""
     loaded = job.__dict__.setdefault("_dbq_loaded", {})
     names = TRACKED_FIELDS if field_names is None else field_names
     for field in names:
         if field in TRACKED_FIELDS and field in job.__dict__:
             loaded[field] = _fingerprint(field, job.__dict__[field])
+    if workspace_text is not None:
+        loaded["workspace"] = _WorkspaceText(workspace_text)
 
 
 def _prepare_new(job: Job) -> bool:
@@ -104,7 +112,12 @@ def _prepare_new(job: Job) -> bool:
 
 
 def _created_payload(job: Job) -> dict[str, Any]:
-    return {field: _to_json(field, getattr(job, field)) for field in TRACKED_FIELDS}
+    payload = {field: _to_json(field, getattr(job, field)) for field in TRACKED_FIELDS}
+    if payload["run_after"] is None:
+        # Absent means NULL to the apply function; leaving it out keeps "null" for
+        # the workspace alone, so the NaN check in jsonutil.dumps rarely has to look.
+        del payload["run_after"]
+    return payload
 
 
 def _check_field(field: str, value: Any) -> None:
@@ -168,8 +181,10 @@ def _changed_fields(job: Job, update_fields: Iterable[str] | None) -> dict[str, 
     for field in TRACKED_FIELDS:
         if field not in names or field not in job.__dict__:
             continue
-        value = job.__dict__[field]
-        if field not in loaded or loaded[field] != _fingerprint(field, value):
+        value, before = job.__dict__[field], loaded.get(field)
+        if isinstance(before, _WorkspaceText):
+            before = _fingerprint(field, orjson.loads(str(before)))
+        if field not in loaded or before != _fingerprint(field, value):
             changes[field] = value
     return changes
 

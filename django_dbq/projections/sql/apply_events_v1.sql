@@ -230,3 +230,16 @@ BEGIN
     END IF;
 END
 $$;
+
+
+-- dbq_apply_statement_v1: the ledger trigger's way into the apply function. A
+-- statement brings few events, and re-planning each query for each exact array
+-- costs more than it saves, so the trigger path keeps generic plans; replay calls
+-- dbq_apply_events_v1 directly, with plans made for its large rounds.
+CREATE OR REPLACE FUNCTION dbq_apply_statement_v1(events django_dbq_jobevent[])
+RETURNS text[]
+LANGUAGE sql
+SET plan_cache_mode = force_generic_plan
+AS $$
+    SELECT dbq_apply_events_v1(events)
+$$;
