@@ -311,3 +311,25 @@ def test_apply__released_returns_the_job_to_its_waiting_state_only():
             append(job.id, "released", {"worker": "w1", "state": "COMPLETE"})
     append(job.id, "released", {"worker": "w1", "state": "READY"})
     assert Job.objects.get(pk=job.pk).state == "READY"
+
+
+def test_replay__keeps_the_projection_indexes():
+    def indexes():
+        with connection.cursor() as cursor:
+            # The definition as the columns and predicate it covers; PostgreSQL may
+            # spell an equal predicate differently once it is parsed again.
+            cursor.execute(
+                "SELECT c.relname, pg_get_indexdef(i.indexrelid, 1, true),"
+                " pg_get_indexdef(i.indexrelid, 3, true), i.indpred IS NOT NULL"
+                " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid = 'django_dbq_job'::regclass AND i.indisvalid ORDER BY 1"
+            )
+            return cursor.fetchall()
+
+    JobFactory.create_batch(3)
+    before = indexes()
+
+    replay_events()
+
+    assert indexes() == before
+    assert {row[0] for row in before} >= {"django_dbq_job_claimable", "django_dbq_job_leased"}

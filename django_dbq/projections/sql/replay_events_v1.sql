@@ -3,16 +3,39 @@
 -- round by round (every job's version-1 event as one set, then every version-2
 -- event, and so on) through the apply function the ledger trigger uses, so live
 -- and replayed projections cannot be computed differently.
+--
+-- Rounds are large, so their plans are made for each round's real size, and the
+-- projection's secondary indexes are dropped for the rebuild and made again once
+-- over the final rows (all inside the caller's transaction: a failure restores them).
 CREATE OR REPLACE FUNCTION dbq_replay_events_v1()
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_custom_plan
+AS $$
 DECLARE
     round record;
+    index_definitions text[];
+    definition text;
     total bigint := 0;
 BEGIN
     PERFORM set_config('dbq.applying', 'on', true);
     TRUNCATE django_dbq_job;
     PERFORM set_config('dbq.applying', '', true);
+
+    -- Indexes that back a constraint (the primary key among them) stay.
+    SELECT array_agg(pg_get_indexdef(i.indexrelid)) INTO index_definitions
+    FROM pg_index i
+    WHERE i.indrelid = 'django_dbq_job'::regclass
+      AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid);
+    FOR definition IN
+        SELECT i.indexrelid::regclass::text
+        FROM pg_index i
+        WHERE i.indrelid = 'django_dbq_job'::regclass
+          AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+    LOOP
+        EXECUTE 'DROP INDEX ' || definition;
+    END LOOP;
+
     FOR round IN
         SELECT array_agg(e ORDER BY e.job_id) AS events
         FROM django_dbq_jobevent e
@@ -21,6 +44,10 @@ BEGIN
     LOOP
         PERFORM dbq_apply_events_v1(round.events);
         total := total + cardinality(round.events);
+    END LOOP;
+
+    FOREACH definition IN ARRAY COALESCE(index_definitions, '{}') LOOP
+        EXECUTE definition;
     END LOOP;
     RETURN total;
 END
