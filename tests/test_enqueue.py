@@ -175,3 +175,10 @@ def test_create__in_a_state_users_create_for_tests():
     job = Job.objects.create(name="testjob", state=Job.STATES.FAILED)
 
     assert Job.objects.get(pk=job.pk).state == Job.STATES.FAILED
+
+
+def test_create__is_one_statement():
+    with CaptureQueriesContext(connection) as queries:
+        Job.objects.create(name="testjob", workspace={"a": 1})
+
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["INSERT"]
