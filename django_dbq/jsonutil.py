@@ -28,6 +28,23 @@ def dumps(value: Any, what: str = "value") -> str:
     return encoded.decode()
 
 
+def encode_workspace(workspace: Any) -> bytes:
+    """Encode a workspace (keys sorted, so equal workspaces encode equally)."""
+    try:
+        encoded = orjson.dumps(workspace, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise InvalidJobError(
+            f"The job's workspace cannot be stored as JSON: {exc}. "
+            "Use only dicts with string keys, lists, strings, numbers, booleans and None."
+        ) from None
+    if b"null" in encoded and _has_non_finite(workspace):
+        raise InvalidJobError(
+            "The job's workspace holds NaN or an infinite float, which JSON cannot represent. "
+            "Store it as a string or None."
+        )
+    return encoded
+
+
 def _has_non_finite(value: Any) -> bool:
     if isinstance(value, float):
         return not math.isfinite(value)

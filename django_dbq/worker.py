@@ -10,7 +10,6 @@ lease ran out to their queue, and records `stopping` when a signal arrives.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import signal
@@ -21,11 +20,10 @@ import uuid
 from typing import Any
 
 import orjson
-from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
-from django.utils import timezone
 
 from django_dbq import conf, jsonutil
+from django_dbq.clock import from_epoch
 from django_dbq.events.claims import (
     CLAIM_FIELDS,
     append_held,
@@ -43,13 +41,6 @@ logger = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "django_dbq"
 _TIME_COLUMNS = [CLAIM_FIELDS.index(name) for name in ("created", "modified", "lease_until")]
 _WORKSPACE = CLAIM_FIELDS.index("workspace")
-
-
-def _from_epoch(seconds: float | None) -> datetime.datetime | None:
-    if seconds is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
-    return moment if settings.USE_TZ else timezone.make_naive(moment)
 
 
 class Worker:
@@ -173,7 +164,7 @@ class Worker:
     def _job_from_row(self, row: tuple[Any, ...]) -> Job:
         values = list(row[: len(CLAIM_FIELDS)])
         for index in _TIME_COLUMNS:
-            values[index] = _from_epoch(values[index])
+            values[index] = from_epoch(values[index])
         text = values[_WORKSPACE]
         if isinstance(text, (str, bytes)):
             values[_WORKSPACE] = orjson.loads(text)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
+from django_dbq.clock import from_epoch
 from django_dbq.exceptions import JobGoneError
 from django_dbq.sqlfiles import load_queries
 
@@ -41,13 +42,14 @@ def encode_events(events: Sequence[tuple[uuid.UUID, str, str]]) -> str:
 
 
 def append_created(
-    jobs: Sequence[tuple[uuid.UUID, str]], using: str = DEFAULT_DB_ALIAS
+    events: Sequence[dict[str, Any]], using: str = DEFAULT_DB_ALIAS
 ) -> dict[uuid.UUID, datetime]:
-    """Append `created` events for (job_id, payload JSON) pairs in one statement; return each job's time."""
-    events = encode_events([(job_id, "created", payload) for job_id, payload in jobs])
+    """Append `created` events ({job_id, payload} dicts) in one statement; return each job's time."""
     with connections[using].cursor() as cursor:
-        cursor.execute(_queries()["events_insert_created"], {"events": events})
-        return dict(cursor.fetchall())
+        cursor.execute(
+            _queries()["events_insert_created"], {"events": orjson.dumps(events).decode()}
+        )
+        return {job_id: from_epoch(seconds) for job_id, seconds in cursor.fetchall()}
 
 
 def append_events(

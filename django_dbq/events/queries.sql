@@ -10,7 +10,7 @@ SELECT e.job_id, 1, 'created', e.payload
 FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (job_id uuid, payload jsonb))
     WITH ORDINALITY AS e(job_id, payload, n)
 ORDER BY e.n
-RETURNING job_id, at
+RETURNING job_id, extract(epoch FROM at)::float8
 
 -- name: events_append
 -- Append one event per job at the job's next version; the events come as one

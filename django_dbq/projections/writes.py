@@ -7,6 +7,7 @@ the fix and nothing is written; the database checks the same rules again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 from collections.abc import Iterable, Sequence
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
 from django_dbq.events.append import append_created, append_events
@@ -34,17 +37,24 @@ SMALLINT_RANGE = (-32768, 32767)
 def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None) -> list[Job]:
     """Create jobs: one `created` event each, one INSERT per batch; return the jobs created.
 
-    Each job's creation hook runs first, as in django-db-queue; a job whose hook
-    raises is logged and not created.
+    Every job is checked and encoded before anything is written, so one bad job
+    leaves the whole call without effect. Each job's creation hook runs first, as
+    in django-db-queue; a job whose hook raises is logged and not created.
     """
-    ready = [job for job in jobs if _prepare_new(job)]
-    size = batch_size or len(ready) or 1
-    for start in range(0, len(ready), size):
-        batch = ready[start : start + size]
-        payloads = [(job.pk, jsonutil.dumps(_created_payload(job), "workspace")) for job in batch]
-        times = append_created(payloads, using=using)
-        for job in batch:
-            _mark_saved(job, using, version=1, at=times[job.pk], created=True)
+    plans: dict[str, tuple[str, str | None]] = {}
+    ready = [job for job in jobs if _prepare_new(job, plans)]
+    encoded = [jsonutil.encode_workspace(job.workspace) for job in ready]
+    events = [
+        {"job_id": job.pk, "payload": _created_payload(job, workspace)}
+        for job, workspace in zip(ready, encoded, strict=True)
+    ]
+    size = batch_size or len(events) or 1
+    with transaction.atomic(using) if len(events) > size else contextlib.nullcontext():
+        times: dict[Any, datetime.datetime] = {}
+        for start in range(0, len(events), size):
+            times.update(append_created(events[start : start + size], using=using))
+    for job, workspace in zip(ready, encoded, strict=True):
+        _mark_saved(job, using, version=1, at=times[job.pk], created=True, workspace=workspace)
     return ready
 
 
@@ -82,19 +92,11 @@ def remember_loaded(
         loaded["workspace"] = _WorkspaceText(workspace_text)
 
 
-def _prepare_new(job: Job) -> bool:
-    task_names = tasks.get_task_names(job.name) if isinstance(job.name, str) else None
-    if not task_names:
-        _check_field("name", job.name)
-        raise JobConfigError(
-            f"settings.JOBS[{job.name!r}] lists no tasks; give it at least one dotted task path."
-        )
-    if len(set(task_names)) < len(task_names):
-        raise JobConfigError(
-            f"settings.JOBS[{job.name!r}] lists a task more than once; a job moves from "
-            "task to task by path, so give a repeated function a second name."
-        )
-    job.next_task = task_names[0]
+def _prepare_new(job: Job, plans: dict[str, tuple[str, str | None]]) -> bool:
+    plan = plans.get(job.name) if isinstance(job.name, str) else None
+    if plan is None:
+        plan = plans[job.name] = _creation_plan(job.name)
+    job.next_task, creation_hook = plan
     if job.workspace is None:
         job.workspace = {}
     if job.state not in CREATE_STATES:
@@ -103,20 +105,43 @@ def _prepare_new(job: Job) -> bool:
         )
     for field in TRACKED_FIELDS:
         _check_field(field, getattr(job, field))
-    try:
-        job.run_creation_hook()
-    except Exception:
-        logger.exception("Failed to create new job, creation hook raised an exception")
-        return False
+    if creation_hook:
+        try:
+            import_string(creation_hook)(job)
+        except Exception:
+            logger.exception("Failed to create new job, creation hook raised an exception")
+            return False
     return True
 
 
-def _created_payload(job: Job) -> dict[str, Any]:
-    payload = {field: _to_json(field, getattr(job, field)) for field in TRACKED_FIELDS}
-    if payload["run_after"] is None:
-        # Absent means NULL to the apply function; leaving it out keeps "null" for
-        # the workspace alone, so the NaN check in jsonutil.dumps rarely has to look.
-        del payload["run_after"]
+def _creation_plan(name: Any) -> tuple[str, str | None]:
+    """The first task and the creation hook of a job name, checked once per name and call."""
+    task_names = tasks.get_task_names(name) if isinstance(name, str) else None
+    if not task_names:
+        _check_field("name", name)
+        raise JobConfigError(
+            f"settings.JOBS[{name!r}] lists no tasks; give it at least one dotted task path."
+        )
+    if len(set(task_names)) < len(task_names):
+        raise JobConfigError(
+            f"settings.JOBS[{name!r}] lists a task more than once; a job moves from "
+            "task to task by path, so give a repeated function a second name."
+        )
+    return task_names[0], tasks.get_creation_hook_name(name)
+
+
+def _created_payload(job: Job, workspace: bytes) -> dict[str, Any]:
+    payload = {
+        "name": job.name,
+        "state": job.state,
+        "next_task": job.next_task,
+        "workspace": orjson.Fragment(workspace),
+        "queue_name": job.queue_name,
+        "priority": job.priority,
+    }
+    if job.run_after is not None:
+        # Absent means NULL to the apply function.
+        payload["run_after"] = _aware_run_after(job.run_after).isoformat()
     return payload
 
 
@@ -190,7 +215,12 @@ def _changed_fields(job: Job, update_fields: Iterable[str] | None) -> dict[str, 
 
 
 def _mark_saved(
-    job: Job, using: str, version: int, at: datetime.datetime, created: bool = False
+    job: Job,
+    using: str,
+    version: int,
+    at: datetime.datetime,
+    created: bool = False,
+    workspace: bytes | None = None,
 ) -> None:
     job._state.adding = False
     job._state.db = using
@@ -198,4 +228,8 @@ def _mark_saved(
     job.modified = at
     if created:
         job.created = at
-    remember_loaded(job, None)
+    values = job.__dict__
+    job.__dict__["_dbq_loaded"] = {field: values[field] for field in TRACKED_FIELDS}
+    job.__dict__["_dbq_loaded"]["workspace"] = workspace or _fingerprint(
+        "workspace", values["workspace"]
+    )

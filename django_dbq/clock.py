@@ -1,0 +1,16 @@
+"""Times read from the database as epoch seconds: much cheaper to load than timestamp text."""
+
+from __future__ import annotations
+
+import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+
+def from_epoch(seconds: float | None) -> datetime.datetime | None:
+    """A datetime as Django would load it (aware in UTC, or naive local without USE_TZ)."""
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment if settings.USE_TZ else timezone.make_naive(moment)
