@@ -27,8 +27,8 @@ from django_dbq.clock import from_epoch
 from django_dbq.events.claims import (
     CLAIM_FIELDS,
     append_held,
-    claim_jobs,
     expire_leases,
+    record_and_claim,
     renew_leases,
     seconds_until_due,
 )
@@ -124,8 +124,7 @@ class Worker:
             raise self._fatal
 
     def process_batch(self) -> None:
-        """Claim a batch of ready jobs, run them, and record their outcomes."""
-        self._flush()
+        """Record the last batch's outcomes and claim the next batch, then run it."""
         jobs = self._claim()
         if not jobs:
             if self.burst:
@@ -140,22 +139,29 @@ class Worker:
                 self._release(jobs[index:])
                 break
             self._run_one(job)
-        self._flush()
         self._adapt_batch_size(time.monotonic() - started)
 
     def _claim(self) -> list[Job]:
         limit = 1 if self.rate_limit_in_seconds else self._batch_size
         if self.max_jobs is not None:
             limit = min(limit, self.max_jobs - self.jobs_run)
-        rows = claim_jobs(
+        if limit <= 0:
+            self._flush()
+            return []
+        # The outcomes of the batch just run go in the same round trip and commit.
+        with self._lock:
+            outcomes = list(self._pending)
+        recorded, rows = record_and_claim(
+            self.worker_id,
+            [(o.job.pk, o.kind, o.payload) for o in outcomes],
             self.queue_name,
             limit,
-            self.worker_id,
             socket.gethostname(),
             os.getpid(),
             self.lease_seconds,
             using=self.using,
         )
+        self._settle(outcomes, recorded)
         jobs = [self._job_from_row(row) for row in rows]
         with self._lock:
             self._held.update((job.pk, job) for job in jobs)
@@ -206,7 +212,10 @@ class Worker:
         if not outcomes:
             return
         events = [(o.job.pk, o.kind, o.payload) for o in outcomes]
-        recorded = append_held(self.worker_id, events, using=self.using)
+        self._settle(outcomes, append_held(self.worker_id, events, using=self.using))
+
+    def _settle(self, outcomes: list[Outcome], recorded: set[uuid.UUID]) -> None:
+        """Forget recorded outcomes; warn about those whose job this worker no longer held."""
         with self._lock:
             del self._pending[: len(outcomes)]
             for outcome in outcomes:

@@ -61,6 +61,40 @@ def claim_jobs(
     return _execute("jobs_claim", params, using)
 
 
+def record_and_claim(
+    worker: str,
+    events: Sequence[tuple[uuid.UUID, str, str]],
+    queue_name: str,
+    limit: int,
+    host: str,
+    pid: int,
+    lease_seconds: float,
+    using: str = DEFAULT_DB_ALIAS,
+) -> tuple[set[uuid.UUID], list[tuple[Any, ...]]]:
+    """Record outcomes for held jobs, then claim the next batch: one round trip, one commit.
+
+    Returns the ids whose outcome was recorded and the claimed rows (as claim_jobs).
+    """
+    if not events:
+        return set(), claim_jobs(queue_name, limit, worker, host, pid, lease_seconds, using)
+    queries = load_queries("django_dbq.events", "claims.sql")
+    params = {
+        "worker": worker,
+        "events": encode_events(events),
+        "queue_name": queue_name,
+        "limit": limit,
+        "host": host,
+        "pid": pid,
+        "lease_seconds": lease_seconds,
+    }
+    # Two statements in one simple-protocol query run as one implicit transaction.
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"{queries['jobs_append_held']};\n{queries['jobs_claim']}", params)
+        recorded = {row[0] for row in cursor.fetchall()}
+        cursor.nextset()
+        return recorded, cursor.fetchall()
+
+
 def append_held(
     worker: str,
     events: Sequence[tuple[uuid.UUID, str, str]],
