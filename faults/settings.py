@@ -1,0 +1,24 @@
+"""Settings of the fault suite: a database of its own (dbq_faults) on the server
+FAULTS_DATABASE_URL or DATABASE_URL names, or on the embedded PostgreSQL."""
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+from django_dbq.testing import database_settings, database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SERVER_URL = os.environ.get("FAULTS_DATABASE_URL") or database_url(BASE_DIR / ".pgdata")
+FAULTS_URL = urlunparse(urlparse(SERVER_URL)._replace(path="/dbq_faults"))
+
+SECRET_KEY = "faults-only"
+USE_TZ = True
+INSTALLED_APPS = ["pgtrigger", "django_dbq"]
+DATABASES = {"default": database_settings(FAULTS_URL)}
+JOBS = {
+    "steps": ["faults.tasks.step_one", "faults.tasks.step_two", "faults.tasks.step_three"],
+    "nasty": ["faults.tasks.nasty"],
+}
+DBQ_LEASE_SECONDS = float(os.environ.get("DBQ_LEASE_SECONDS", 3))
+DBQ_POLL_SECONDS = 0.5
+LOGGING_CONFIG = None
