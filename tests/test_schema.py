@@ -6,9 +6,10 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
+from django_dbq.events.claims import claim_jobs
 from django_dbq.events.models import EventKind
 from django_dbq.models import Job
-from django_dbq.sqlfiles import load_queries, read_sql
+from django_dbq.sqlfiles import read_sql
 
 
 @pytest.mark.django_db
@@ -33,12 +34,19 @@ def test_state_machine__names_every_event_kind():
 def test_claim_query__is_served_by_the_partial_index():
     Job.objects.bulk_create([Job(name="testjob", state="COMPLETE") for _ in range(5000)])
     Job.objects.bulk_create([Job(name="testjob") for _ in range(20)])
-    claim = load_queries("django_dbq.events", "claims.sql")["jobs_claim"]
-    params = {"queue_name": "default", "limit": 10, "worker": "w", "host": "h", "pid": 1}
+    plans = []
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_dbq_job")
-        cursor.execute("EXPLAIN " + claim, {**params, "lease_seconds": 30})
-        plan = "\n".join(row[0] for row in cursor.fetchall())
+        # The claim runs inside dbq_claim_jobs_v1; auto_explain shows its inner plan.
+        cursor.execute("LOAD 'auto_explain'")
+        cursor.execute(
+            "SET LOCAL auto_explain.log_min_duration = 0;"
+            " SET LOCAL auto_explain.log_nested_statements = on;"
+            " SET LOCAL auto_explain.log_level = notice; SET LOCAL client_min_messages = notice"
+        )
+    connection.connection.add_notice_handler(lambda notice: plans.append(notice.message_primary))
+    claim_jobs("default", 10, "w", "h", 1, 30)
+    plan = next(p for p in plans if "LockRows" in p)
 
     # The ready jobs come off the index in claim order: no scan of the table, no sort.
     lines = [line.strip() for line in plan.splitlines()]

@@ -59,7 +59,9 @@ def append_events(
     # Atomic: when one job is missing, the events of the others are not kept either.
     with transaction.atomic(using), connections[using].cursor() as cursor:
         cursor.execute(_queries()["events_append"], {"events": encode_events(events)})
-        appended = [Appended(*row) for row in cursor.fetchall()]
+        appended = [
+            Appended(job_id, version, from_epoch(at)) for job_id, version, at in cursor.fetchall()
+        ]
         if len(appended) != len(events):
             missing = {job_id for job_id, _, _ in events} - {row.job_id for row in appended}
             raise JobGoneError(

@@ -13,26 +13,9 @@ ORDER BY e.n
 RETURNING job_id, extract(epoch FROM at)::float8
 
 -- name: events_append
--- Append one event per job at the job's next version; the events come as one
--- JSON array of {job_id, kind, payload}. Locking the projection rows first
--- serialises writers of the same job, so a concurrent writer waits and then
--- reads the version this statement leaves behind.
-WITH incoming AS (
-    SELECT *
-    FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (job_id uuid, kind text, payload jsonb))
-        WITH ORDINALITY AS i(job_id, kind, payload, n)
-), current_version AS (
-    SELECT j.id, j.version
-    FROM django_dbq_job j
-    WHERE j.id IN (SELECT job_id FROM incoming)
-    FOR NO KEY UPDATE
-)
-INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
-SELECT i.job_id, c.version + 1, i.kind, i.payload
-FROM incoming i
-JOIN current_version c ON c.id = i.job_id
-ORDER BY i.n
-RETURNING job_id, version, at
+-- Append one event per job at the job's next version (sql/claims_v1.sql); the
+-- events come as one JSON array of {job_id, kind, payload}.
+SELECT * FROM dbq_append_events_v1(%(events)s::jsonb)
 
 -- name: events_delete_old_jobs
 -- The retention path: whole histories of finished jobs created before a time.

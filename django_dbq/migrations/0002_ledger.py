@@ -33,6 +33,7 @@ SQL_FILES = [
     ("django_dbq.projections", "sql/apply_events_v1.sql"),
     ("django_dbq.projections", "sql/replay_events_v1.sql"),
     ("django_dbq.events", "sql/delete_old_jobs_v1.sql"),
+    ("django_dbq.events", "sql/claims_v1.sql"),
 ]
 
 FUNCTIONS = [
@@ -44,12 +45,21 @@ FUNCTIONS = [
     "dbq_notify_waiting_v1(text[])",
     "dbq_replay_events_v1()",
     "dbq_delete_old_jobs_v1(timestamptz)",
+    "dbq_claim_jobs_v1(text, integer, text, text, integer, float8)",
+    "dbq_append_held_v1(text, jsonb)",
+    "dbq_renew_leases_v1(text, uuid[], float8)",
+    "dbq_expire_leases_v1(text, integer)",
+    "dbq_append_events_v1(jsonb)",
 ]
+
+# Retention deletes history: only the owner and roles granted it may run it.
+REVOKE_RETENTION = "REVOKE EXECUTE ON FUNCTION dbq_delete_old_jobs_v1(timestamptz) FROM PUBLIC"
 
 
 def install_functions(apps, schema_editor):
     for package, path in SQL_FILES:
         schema_editor.execute(read_sql(package, path), params=None)
+    schema_editor.execute(REVOKE_RETENTION, params=None)
 
 
 def drop_functions(apps, schema_editor):

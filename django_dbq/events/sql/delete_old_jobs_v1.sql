@@ -2,9 +2,14 @@
 -- of every finished job (COMPLETE or FAILED) created before `created_before`,
 -- then its projection row, and returns how many jobs went. It is the only code
 -- that sets dbq.retention, the flag under which the ledger accepts a DELETE.
+-- It runs with the rights of the tables' owner; migration 0002 revokes EXECUTE
+-- from PUBLIC, so only the owner and roles granted it (a maintenance role) run it.
 CREATE OR REPLACE FUNCTION dbq_delete_old_jobs_v1(created_before timestamptz)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
 DECLARE
     deleted bigint;
 BEGIN

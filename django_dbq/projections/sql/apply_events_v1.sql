@@ -232,14 +232,26 @@ END
 $$;
 
 
--- dbq_apply_statement_v1: the ledger trigger's way into the apply function. A
--- statement brings few events, and re-planning each query for each exact array
--- costs more than it saves, so the trigger path keeps generic plans; replay calls
--- dbq_apply_events_v1 directly, with plans made for its large rounds.
+-- dbq_apply_statement_v1: the ledger trigger's way into the apply function.
+-- It runs with the rights of the tables' owner (SECURITY DEFINER), so roles that
+-- may only append events still get their projection rows written; it refuses to
+-- be called other than from a trigger. A statement brings few events, and
+-- re-planning each query for each exact array costs more than it saves, so the
+-- trigger path keeps generic plans; replay calls dbq_apply_events_v1 directly,
+-- with plans made for its large rounds.
 CREATE OR REPLACE FUNCTION dbq_apply_statement_v1(events django_dbq_jobevent[])
 RETURNS text[]
-LANGUAGE sql
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
 SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT dbq_apply_events_v1(events)
+BEGIN
+    IF pg_trigger_depth() = 0 THEN
+        RAISE EXCEPTION 'django_dbq: dbq_apply_statement_v1 is for the ledger trigger only'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Append events to django_dbq_jobevent; its trigger applies them.';
+    END IF;
+    RETURN dbq_apply_events_v1(events);
+END
 $$;
