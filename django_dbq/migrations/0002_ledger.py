@@ -52,14 +52,24 @@ FUNCTIONS = [
     "dbq_append_events_v1(jsonb)",
 ]
 
-# Retention deletes history: only the owner and roles granted it may run it.
-REVOKE_RETENTION = "REVOKE EXECUTE ON FUNCTION dbq_delete_old_jobs_v1(timestamptz) FROM PUBLIC"
+# These run with the owner's rights: only the owner and roles granted them
+# (manage.py ledger_grants) may call them. Retention deletes history; the others
+# claim and record jobs.
+OWNER_RIGHTS = [
+    "dbq_delete_old_jobs_v1(timestamptz)",
+    "dbq_claim_jobs_v1(text, integer, text, text, integer, float8)",
+    "dbq_append_held_v1(text, jsonb)",
+    "dbq_renew_leases_v1(text, uuid[], float8)",
+    "dbq_expire_leases_v1(text, integer)",
+    "dbq_append_events_v1(jsonb)",
+]
 
 
 def install_functions(apps, schema_editor):
     for package, path in SQL_FILES:
         schema_editor.execute(read_sql(package, path), params=None)
-    schema_editor.execute(REVOKE_RETENTION, params=None)
+    for signature in OWNER_RIGHTS:
+        schema_editor.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC", params=None)
 
 
 def drop_functions(apps, schema_editor):
