@@ -110,7 +110,7 @@ def fresh_database(server_url: str) -> None:
     call_command("migrate", verbosity=0)
 
 
-def enqueue_steps(count: int, rng: random.Random) -> None:
+def enqueue_steps(count: int, rng: random.Random, sleep: float | None = None) -> None:
     from django.utils import timezone
 
     from django_dbq.models import Job
@@ -124,7 +124,7 @@ def enqueue_steps(count: int, rng: random.Random) -> None:
                 run_after=now + timedelta(seconds=rng.uniform(0, 2))
                 if rng.random() < 0.3
                 else None,
-                workspace={"sleep": 0.002 if rng.random() < 0.5 else 0},
+                workspace={"sleep": sleep if sleep is not None else rng.choice([0, 0.002])},
             )
             for _ in range(count)
         ]
@@ -345,7 +345,13 @@ def _with_database(url: str, name: str) -> str:
 SCENARIOS: dict[str, Callable[[int], Result]] = {
     "1": lambda n: run_scenario("1. plain concurrency", n, no_fault),
     "2": lambda n: run_scenario("2. kill -9 a worker every second", n, kill_9_every_second),
-    "3": lambda n: run_scenario("3. SIGTERM all workers, restart", n, sigterm_all_then_restart),
+    # Tasks of 5 ms, so that the signal finds the workers inside a task (STOPPING).
+    "3": lambda n: run_scenario(
+        "3. SIGTERM all workers, restart",
+        n,
+        sigterm_all_then_restart,
+        enqueue=lambda rng: enqueue_steps(n, rng, sleep=0.005),
+    ),
     "4": postgres_restart_scenario,
     "5": lambda n: run_scenario("5. pg_terminate_backend mid-run", n, terminate_backends),
     "6": lambda n: run_scenario(
