@@ -73,6 +73,34 @@ def _check_job(name: str, config: Any) -> list[Error]:
     for key in tasks.HOOK_KEYS:
         if config.get(key):
             errors.extend(_check_path(name, key, config[key]))
+    return errors + _check_retries(name, config)
+
+
+def _check_retries(job: str, config: dict[str, Any]) -> list[Error]:
+    from django_dbq.retries import BACKOFFS
+
+    errors = []
+    retries = config.get("retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        errors.append(
+            Error(
+                f"settings.JOBS[{job!r}] retries must be a whole number of at least 0, "
+                f"not {retries!r}.",
+                id="django_dbq.E009",
+            )
+        )
+    for key in ("retry_delay", "retry_max_delay"):
+        value = config.get(key, 1)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            errors.append(
+                Error(
+                    f"settings.JOBS[{job!r}] {key} must be a number of seconds, not {value!r}.",
+                    id="django_dbq.E010",
+                )
+            )
+    backoff = config.get("retry_backoff", "exponential")
+    if backoff not in BACKOFFS:
+        errors.extend(_check_path(job, "retry_backoff", backoff))
     return errors
 
 

@@ -3,8 +3,9 @@
 - worker: reads the projection and the ledger, appends events, claims and
   acknowledges jobs through the claim functions; it cannot change or delete an
   event, nor write the projection.
-- app (the web application): reads, enqueues (appends `created` events) and
-  saves jobs; it cannot claim jobs, change or delete events, nor write the projection.
+- app (the web application): reads, enqueues (appends `created` events), saves,
+  cancels and requeues jobs; it cannot claim jobs, change or delete events, nor
+  write the projection.
 - maintenance: runs delete_old_jobs (the retention function), and nothing else.
 
 Replay rebuilds the projection and needs the tables' owner (the role that ran
@@ -17,6 +18,7 @@ from psycopg import sql
 
 TABLES = ("django_dbq_job", "django_dbq_jobevent")
 SAVE_FUNCTIONS = ("dbq_append_events_v1(jsonb)",)
+OPERATOR_FUNCTIONS = ("dbq_cancel_jobs_v1(uuid[], text)", "dbq_requeue_jobs_v1(uuid[], text)")
 WORKER_FUNCTIONS = (
     "dbq_claim_jobs_v1(text, integer, text, text, integer, float8)",
     "dbq_append_held_v1(text, jsonb)",
@@ -35,7 +37,8 @@ def grant_statements(
     if worker:
         statements += _read(worker) + _append(worker) + _execute(worker, WORKER_FUNCTIONS)
     if app:
-        statements += _read(app) + _append(app) + _execute(app, SAVE_FUNCTIONS)
+        statements += _read(app) + _append(app)
+        statements += _execute(app, SAVE_FUNCTIONS + OPERATOR_FUNCTIONS)
     if maintenance:
         statements += _read(maintenance) + _execute(maintenance, RETENTION_FUNCTIONS)
     return statements

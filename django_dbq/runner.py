@@ -15,14 +15,17 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
 from django_dbq.exceptions import DbqError
+from django_dbq.retries import retry_delay
 
 if TYPE_CHECKING:
     from django_dbq.projections.models import Job
@@ -53,6 +56,8 @@ class _Plan:
     pre_task_hook: str | None
     post_task_hook: str | None
     failure_hook: str | None
+    retries: int
+    config: dict[str, Any]
 
 
 _plans: dict[str, _Plan] = {}
@@ -69,6 +74,8 @@ def _plan(job_name: str) -> _Plan:
             pre_task_hook=config.get(tasks.PRE_TASK_HOOK_KEY),
             post_task_hook=config.get(tasks.POST_TASK_HOOK_KEY),
             failure_hook=config.get(tasks.FAILURE_HOOK_KEY),
+            retries=int(config.get("retries") or 0),
+            config=config,
         )
         _plans[job_name] = plan
     return plan
@@ -86,6 +93,7 @@ def run_task(job: Job, worker: str) -> Outcome:
     started = time.perf_counter()
     error: BaseException | None = None
     plan: _Plan | None = None
+    retry_at: datetime | None = None
     try:
         # Looked up before the task runs: a job removed from JOBS, or a task no
         # longer in its list, fails here without running anything.
@@ -99,15 +107,44 @@ def run_task(job: Job, worker: str) -> Outcome:
         job.state = job.STATES.COMPLETE if not job.next_task else job.STATES.READY
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are recorded too
         error = exc
-        job.state = job.STATES.FAILED
         logger.exception("Job id=%s failed", job.pk)
-        if plan and plan.failure_hook:
-            _run_hook(plan.failure_hook, "failure hook", job, exc)
+        if _retries_left(plan, job, exc):
+            # The failure hook waits for the last attempt; the job resumes at this
+            # task with the workspace it had before it.
+            job.state = job.STATES.READY
+            retry_at = timezone.now() + timedelta(
+                seconds=retry_delay(plan.config, job.attempts + 1, job)
+            )
+        else:
+            job.state = job.STATES.FAILED
+            if plan and plan.failure_hook:
+                _run_hook(plan.failure_hook, "failure hook", job, exc)
     finally:
         if plan and plan.post_task_hook:
             _run_hook(plan.post_task_hook, "post-task hook", job)
     duration = time.perf_counter() - started
+    if retry_at is not None:
+        return _retried(job, task, worker, duration, error, retry_at)
     return _outcome(job, task, worker, duration, error)
+
+
+def _retries_left(plan: _Plan | None, job: Job, error: BaseException) -> bool:
+    # Only an ordinary exception is retried; SystemExit and friends stop the worker.
+    return plan is not None and isinstance(error, Exception) and job.attempts < plan.retries
+
+
+def _retried(
+    job: Job, task: str, worker: str, duration: float, error: Any, retry_at: datetime
+) -> Outcome:
+    payload = {
+        "task": task,
+        "worker": worker,
+        "duration": round(duration, 6),
+        "error": _describe(error),
+        "attempt": job.attempts + 1,
+        "run_after": retry_at.isoformat(),
+    }
+    return Outcome(job, "retried", jsonutil.dumps(payload))
 
 
 def _following_task(plan: _Plan, job_name: str, task: str) -> str | None:

@@ -41,6 +41,15 @@ PAYLOADS = {
     "lease_renewed": lambda: {"worker": "w1", "lease_until": "2031-01-01T00:00Z"},
     "lease_expired": lambda: {"worker": "w1", "lease_until": "2030-01-01T00:00Z"},
     "released": lambda: {"worker": "w1", "state": "NEW"},
+    "retried": lambda: {
+        "task": "tests.jobs.task_one",
+        "error": {"type": "ValueError", "message": "again", "traceback": "..."},
+        "attempt": 1,
+        "run_after": "2030-01-01T00:00:00+00:00",
+    },
+    "cancelled": lambda: {"reason": "not needed"},
+    "cancel_requested": lambda: {"reason": "stop it"},
+    "requeued": lambda: {"reason": "try again"},
     "updated": lambda: {"priority": 3, "workspace": {"u": 1}},
 }
 
@@ -55,6 +64,10 @@ PATHS = {
     "lease_renewed": ["claimed", "lease_renewed"],
     "lease_expired": ["claimed", "lease_expired"],
     "released": ["claimed", "released"],
+    "retried": ["claimed", "retried"],
+    "cancelled": ["cancelled"],
+    "cancel_requested": ["claimed", "cancel_requested"],
+    "requeued": ["claimed", "failed", "requeued"],
     "updated": ["updated"],
 }
 
@@ -117,6 +130,18 @@ def test_replay__rebuilds_a_history_ending_in(kind):
         (["claimed", "lease_expired"], "READY", "tests.jobs.task_one", {"start": 1}),
         (["claimed", "lease_renewed"], "PROCESSING", "tests.jobs.task_one", {"start": 1}),
         (["claimed", "released"], "NEW", "tests.jobs.task_one", {"start": 1}),
+        (["claimed", "retried"], "READY", "tests.jobs.task_one", {"start": 1}),
+        (["cancelled"], "CANCELLED", "tests.jobs.task_one", {"start": 1}),
+        (["claimed", "cancel_requested"], "PROCESSING", "tests.jobs.task_one", {"start": 1}),
+        (
+            ["claimed", "cancel_requested", "task_done"],
+            "CANCELLED",
+            "tests.jobs.task_two",
+            {"one": True},
+        ),
+        (["claimed", "cancel_requested", "completed"], "COMPLETE", "", {"done": 1}),
+        (["claimed", "failed", "requeued"], "READY", "tests.jobs.task_one", {"w": 2}),
+        (["cancelled", "requeued"], "READY", "tests.jobs.task_one", {"start": 1}),
         (["updated"], "NEW", "tests.jobs.task_one", {"u": 1}),
     ],
 )
@@ -134,29 +159,45 @@ def test_apply__each_kind_moves_the_projection(path, state, next_task, workspace
 class Oracle:
     """What the projection should hold, computed in Python from the same events."""
 
-    NEXT = {
-        ("claimed", "NEW"): "PROCESSING",
-        ("claimed", "READY"): "PROCESSING",
-        ("task_done", "PROCESSING"): "READY",
-        ("task_done", "STOPPING"): "READY",
-        ("completed", "PROCESSING"): "COMPLETE",
-        ("completed", "STOPPING"): "COMPLETE",
-        ("failed", "PROCESSING"): "FAILED",
-        ("failed", "STOPPING"): "FAILED",
-        ("stopping", "PROCESSING"): "STOPPING",
-        ("lease_expired", "PROCESSING"): "READY",
-        ("lease_expired", "STOPPING"): "READY",
-        ("lease_renewed", "PROCESSING"): "PROCESSING",
-        ("lease_renewed", "STOPPING"): "STOPPING",
-        ("released", "PROCESSING"): "NEW",
-    }
+    RUNNING = ("PROCESSING", "STOPPING")
+    IDLE = ("NEW", "READY", "FAILED", "COMPLETE", "CANCELLED")
 
-    def next_state(self, kind, state, payload):
+    def __init__(self):
+        self.cancel_requested = set()
+
+    def next_state(self, job_id, kind, state, payload):
+        """The state after the event, or None when it is illegal; tracks pending cancels."""
+        asked = job_id in self.cancel_requested
         if kind == "updated":
             wanted = payload.get("state", state)
-            idle = ("NEW", "READY", "FAILED", "COMPLETE")
-            return wanted if wanted == state or (state in idle and wanted in idle) else None
-        return self.NEXT.get((kind, state))
+            legal = wanted == state or (state in self.IDLE and wanted in self.IDLE)
+            return wanted if legal else None
+        if kind == "claimed":
+            return "PROCESSING" if state in ("NEW", "READY") else None
+        if state not in self.RUNNING:
+            return {
+                ("cancelled", "NEW"): "CANCELLED",
+                ("cancelled", "READY"): "CANCELLED",
+                ("requeued", "FAILED"): "READY",
+                ("requeued", "CANCELLED"): "READY",
+            }.get((kind, state))
+        if kind in ("task_done", "retried", "lease_expired"):
+            return "CANCELLED" if asked else "READY"
+        if kind == "released":
+            return None if state != "PROCESSING" else ("CANCELLED" if asked else "NEW")
+        return {
+            "completed": "COMPLETE",
+            "failed": "FAILED",
+            "stopping": "STOPPING" if state == "PROCESSING" else None,
+            "lease_renewed": state,
+            "cancel_requested": state,
+        }.get(kind)
+
+    def applied(self, job_id, kind, new_state):
+        if kind == "cancel_requested":
+            self.cancel_requested.add(job_id)
+        elif new_state not in self.RUNNING:
+            self.cancel_requested.discard(job_id)
 
 
 def random_event(rng, state):
@@ -170,6 +211,10 @@ def random_event(rng, state):
             "lease_renewed",
             "lease_expired",
             "released",
+            "retried",
+            "cancelled",
+            "cancel_requested",
+            "requeued",
             "updated",
             "updated",
         ]
@@ -184,7 +229,9 @@ def random_event(rng, state):
                 "priority": rng.randint(-5, 5),
                 "workspace": {"n": rng.random()} if rng.random() < 0.9 else None,
                 "queue_name": rng.choice(["default", "other"]),
-                "state": rng.choice(["NEW", "READY", "FAILED", "COMPLETE", "PROCESSING"]),
+                "state": rng.choice(
+                    ["NEW", "READY", "FAILED", "COMPLETE", "CANCELLED", "PROCESSING"]
+                ),
                 "run_after": (timezone.now() + timedelta(seconds=rng.randint(-99, 99))).isoformat()
                 if rng.random() < 0.8
                 else None,
@@ -212,7 +259,7 @@ def test_replay__equals_live_after_hundreds_of_random_histories():
     for step in range(3000):
         job_id = rng.choice(jobs).id
         kind, payload = random_event(rng, states[job_id])
-        expected = oracle.next_state(kind, states[job_id], payload)
+        expected = oracle.next_state(job_id, kind, states[job_id], payload)
         try:
             with transaction.atomic():
                 append(job_id, kind, payload)
@@ -222,6 +269,7 @@ def test_replay__equals_live_after_hundreds_of_random_histories():
         else:
             assert expected is not None, (kind, states[job_id], payload)
             states[job_id] = expected
+            oracle.applied(job_id, kind, expected)
         if step % 1000 == 999:
             assert_replay_equals_live()
 

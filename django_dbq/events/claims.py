@@ -31,6 +31,8 @@ CLAIM_FIELDS = (
     "version",
     "claimed_by",
     "lease_until",
+    "attempts",
+    "cancel_requested",
 )
 
 

@@ -22,6 +22,10 @@ class EventKind(models.TextChoices):
     LEASE_RENEWED = "lease_renewed"
     LEASE_EXPIRED = "lease_expired"
     RELEASED = "released"
+    RETRIED = "retried"
+    CANCELLED = "cancelled"
+    CANCEL_REQUESTED = "cancel_requested"
+    REQUEUED = "requeued"
     UPDATED = "updated"
 
 
@@ -35,6 +39,10 @@ OCCURS_WHEN: dict[str, str] = {
     EventKind.LEASE_RENEWED: "the worker running a long task extends its lease (heartbeat)",
     EventKind.LEASE_EXPIRED: "a worker's lease on a job ran out; the job is READY again",
     EventKind.RELEASED: "a worker gives back a job it claimed but did not start",
+    EventKind.RETRIED: "a task failed and the job has retries left; READY again after a backoff",
+    EventKind.CANCELLED: "a waiting job is cancelled (job.cancel(), cancel_jobs, the admin)",
+    EventKind.CANCEL_REQUESTED: "a running job is asked to stop after its current task",
+    EventKind.REQUEUED: "a FAILED or CANCELLED job is put back in its queue",
     EventKind.UPDATED: "job.save() or the admin changed fields of an existing job",
 }
 

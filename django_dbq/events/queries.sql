@@ -20,3 +20,11 @@ SELECT * FROM dbq_append_events_v1(%(events)s::jsonb)
 -- name: events_delete_old_jobs
 -- The retention path: whole histories of finished jobs created before a time.
 SELECT dbq_delete_old_jobs_v1(%(created_before)s)
+
+-- name: jobs_cancel
+-- Cancel jobs: waiting ones at once, running ones after their current task.
+SELECT * FROM dbq_cancel_jobs_v1(%(job_ids)s::uuid[], %(reason)s)
+
+-- name: jobs_requeue
+-- Put FAILED and CANCELLED jobs back in their queue.
+SELECT * FROM dbq_requeue_jobs_v1(%(job_ids)s::uuid[], %(reason)s)

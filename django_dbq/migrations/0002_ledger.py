@@ -34,11 +34,12 @@ SQL_FILES = [
     ("django_dbq.projections", "sql/replay_events_v1.sql"),
     ("django_dbq.events", "sql/delete_old_jobs_v1.sql"),
     ("django_dbq.events", "sql/claims_v1.sql"),
+    ("django_dbq.events", "sql/operations_v1.sql"),
 ]
 
 FUNCTIONS = [
-    "dbq_next_state_v1(text, text, jsonb)",
-    "dbq_event_is_illegal_v1(text, integer, jsonb, boolean, text, integer)",
+    "dbq_next_state_v1(text, text, jsonb, boolean)",
+    "dbq_event_is_illegal_v1(text, integer, jsonb, boolean, text, integer, boolean)",
     "dbq_refuse_events_v1(django_dbq_jobevent[])",
     "dbq_apply_events_v1(django_dbq_jobevent[])",
     "dbq_apply_statement_v1(django_dbq_jobevent[])",
@@ -50,6 +51,8 @@ FUNCTIONS = [
     "dbq_renew_leases_v1(text, uuid[], float8)",
     "dbq_expire_leases_v1(text, integer)",
     "dbq_append_events_v1(jsonb)",
+    "dbq_cancel_jobs_v1(uuid[], text)",
+    "dbq_requeue_jobs_v1(uuid[], text)",
 ]
 
 # These run with the owner's rights: only the owner and roles granted them
@@ -62,6 +65,8 @@ OWNER_RIGHTS = [
     "dbq_renew_leases_v1(text, uuid[], float8)",
     "dbq_expire_leases_v1(text, integer)",
     "dbq_append_events_v1(jsonb)",
+    "dbq_cancel_jobs_v1(uuid[], text)",
+    "dbq_requeue_jobs_v1(uuid[], text)",
 ]
 
 
@@ -101,6 +106,10 @@ class Migration(migrations.Migration):
                             ("lease_renewed", "Lease Renewed"),
                             ("lease_expired", "Lease Expired"),
                             ("released", "Released"),
+                            ("retried", "Retried"),
+                            ("cancelled", "Cancelled"),
+                            ("cancel_requested", "Cancel Requested"),
+                            ("requeued", "Requeued"),
                             ("updated", "Updated"),
                         ],
                         max_length=20,
@@ -151,6 +160,16 @@ class Migration(migrations.Migration):
             name="lease_until",
             field=models.DateTimeField(editable=False, null=True),
         ),
+        migrations.AddField(
+            model_name="job",
+            name="attempts",
+            field=models.PositiveIntegerField(default=0, editable=False),
+        ),
+        migrations.AddField(
+            model_name="job",
+            name="cancel_requested",
+            field=models.BooleanField(default=False, editable=False),
+        ),
         migrations.AlterField(
             model_name="job",
             name="created",
@@ -167,6 +186,7 @@ class Migration(migrations.Migration):
                     ("STOPPING", "Stopping"),
                     ("FAILED", "Failed"),
                     ("COMPLETE", "Complete"),
+                    ("CANCELLED", "Cancelled"),
                 ],
                 default="NEW",
                 max_length=20,

@@ -48,6 +48,18 @@ class JobQuerySet(models.QuerySet):
     def delete(self) -> tuple[int, dict[str, int]]:
         raise ProjectionWriteError(f"Deleting jobs through a queryset is refused. {_WRITE_REFUSED}")
 
+    def cancel(self, reason: str = "") -> int:
+        """Cancel these jobs: waiting ones at once, running ones after their current task."""
+        from django_dbq.events.operations import cancel_jobs
+
+        return len(cancel_jobs(self.values_list("id", flat=True), reason, using=self.db))
+
+    def requeue(self, reason: str = "") -> int:
+        """Put the FAILED and CANCELLED ones among these jobs back in their queue."""
+        from django_dbq.events.operations import requeue_jobs
+
+        return len(requeue_jobs(self.values_list("id", flat=True), reason, using=self.db))
+
     def delete_old(self, hours: int | None = None) -> int:
         """Remove COMPLETE and FAILED jobs created more than `hours` (default 24) ago, with their history."""
         from django_dbq.events.append import delete_old_jobs
@@ -69,6 +81,7 @@ class Job(models.Model):
         STOPPING = "STOPPING"
         FAILED = "FAILED"
         COMPLETE = "COMPLETE"
+        CANCELLED = "CANCELLED"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created = models.DateTimeField(auto_now_add=True)
@@ -85,6 +98,9 @@ class Job(models.Model):
     # The worker holding a PROCESSING or STOPPING job, and until when its lease runs.
     claimed_by = models.CharField(max_length=200, null=True, editable=False)  # noqa: DJ001 (NULL: no holder)
     lease_until = models.DateTimeField(null=True, editable=False)
+    # Failed attempts so far (JOBS' "retries"), and a cancellation pending on a running job.
+    attempts = models.PositiveIntegerField(default=0, editable=False)
+    cancel_requested = models.BooleanField(default=False, editable=False)
 
     objects = JobManager()
 
@@ -158,6 +174,26 @@ class Job(models.Model):
 
         super().refresh_from_db(using=using, fields=fields, **kwargs)
         remember_loaded(self, fields)
+
+    def cancel(self, reason: str = "") -> str | None:
+        """Cancel the job: at once when waiting, after its current task when running.
+
+        Returns the event appended ("cancelled" or "cancel_requested"), or None when
+        the job had finished already; the instance is refreshed either way.
+        """
+        from django_dbq.events.operations import cancel_jobs
+
+        kind = cancel_jobs([self.pk], reason, using=self._state.db or "default").get(self.pk)
+        self.refresh_from_db()
+        return kind
+
+    def requeue(self, reason: str = "") -> bool:
+        """Put a FAILED or CANCELLED job back in its queue, resuming at its next task."""
+        from django_dbq.events.operations import requeue_jobs
+
+        done = self.pk in requeue_jobs([self.pk], reason, using=self._state.db or "default")
+        self.refresh_from_db()
+        return done
 
     @staticmethod
     def get_queue_depths(*, exclude_future_jobs: bool = False) -> dict[str, int]:

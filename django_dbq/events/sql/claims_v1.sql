@@ -22,7 +22,8 @@ CREATE OR REPLACE FUNCTION dbq_claim_jobs_v1(
 RETURNS TABLE (
     id uuid, created float8, modified float8, name text, state text, next_task text,
     workspace jsonb, queue_name text, priority smallint, run_after timestamptz,
-    version integer, claimed_by text, lease_until float8, prior_state text
+    version integer, claimed_by text, lease_until float8, attempts integer,
+    cancel_requested boolean, prior_state text
 )
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
@@ -30,7 +31,7 @@ BEGIN
     RETURN QUERY
     WITH ready AS (
         SELECT j.id, j.created, j.name, j.next_task, j.workspace, j.queue_name,
-               j.priority, j.run_after, j.version, j.state
+               j.priority, j.run_after, j.version, j.state, j.attempts
         FROM django_dbq_job j
         WHERE j.queue_name = p_queue_name
           AND j.state IN ('NEW', 'READY')
@@ -53,7 +54,7 @@ BEGIN
            r.name::text, 'PROCESSING'::text, r.next_task::text, r.workspace,
            r.queue_name::text, r.priority, r.run_after, r.version + 1, p_worker,
            extract(epoch FROM (c.payload ->> 'lease_until')::timestamptz)::float8,
-           r.state::text
+           r.attempts, false, r.state::text
     FROM ready r
     JOIN claimed c ON c.job_id = r.id
     ORDER BY r.priority DESC, r.created;

@@ -1,5 +1,5 @@
 -- dbq_delete_old_jobs_v1: the ledger's retention path. Removes the whole history
--- of every finished job (COMPLETE or FAILED) created before `created_before`,
+-- of every finished job (COMPLETE, FAILED or CANCELLED) created before `created_before`,
 -- then its projection row, and returns how many jobs went. It is the only code
 -- that sets dbq.retention, the flag under which the ledger accepts a DELETE.
 -- It runs with the rights of the tables' owner; migration 0002 revokes EXECUTE
@@ -19,7 +19,7 @@ BEGIN
     -- transaction between the choice and the delete.
     WITH doomed AS (
         SELECT id FROM django_dbq_job
-        WHERE state IN ('COMPLETE', 'FAILED') AND created < created_before
+        WHERE state IN ('COMPLETE', 'FAILED', 'CANCELLED') AND created < created_before
         FOR UPDATE
     ), history AS (
         DELETE FROM django_dbq_jobevent WHERE job_id IN (SELECT id FROM doomed)

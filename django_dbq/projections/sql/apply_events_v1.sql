@@ -3,30 +3,39 @@
 -- a change ships as dbq_..._v2 with a migration.
 
 -- dbq_next_state_v1: the state a job moves to when an event of `kind` is applied
--- to it in `state`, or NULL when the transition is illegal. The single statement
--- of the state machine: the apply function checks and applies through it.
-CREATE OR REPLACE FUNCTION dbq_next_state_v1(kind text, state text, payload jsonb)
+-- to it in `state` (with `cancel_requested`, the job's pending cancellation), or
+-- NULL when the transition is illegal. The single statement of the state
+-- machine: the apply function checks and applies through it.
+CREATE OR REPLACE FUNCTION dbq_next_state_v1(
+    kind text, state text, payload jsonb, cancel_requested boolean
+)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN kind = 'claimed' AND state IN ('NEW', 'READY') THEN 'PROCESSING'
-        WHEN kind = 'task_done' AND state IN ('PROCESSING', 'STOPPING') THEN 'READY'
+        -- A job whose cancellation was asked for while it ran stops after its
+        -- task instead of going back to the queue.
+        WHEN kind IN ('task_done', 'retried', 'lease_expired') AND state IN ('PROCESSING', 'STOPPING')
+            THEN CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'READY' END
         WHEN kind = 'completed' AND state IN ('PROCESSING', 'STOPPING') THEN 'COMPLETE'
         WHEN kind = 'failed' AND state IN ('PROCESSING', 'STOPPING') THEN 'FAILED'
         WHEN kind = 'stopping' AND state = 'PROCESSING' THEN 'STOPPING'
-        WHEN kind = 'lease_renewed' AND state IN ('PROCESSING', 'STOPPING') THEN state
-        WHEN kind = 'lease_expired' AND state IN ('PROCESSING', 'STOPPING') THEN 'READY'
+        WHEN kind IN ('lease_renewed', 'cancel_requested') AND state IN ('PROCESSING', 'STOPPING')
+            THEN state
         -- A worker gives back a job it claimed but did not start, in the state it had.
         WHEN kind = 'released' AND state = 'PROCESSING'
-            AND payload ->> 'state' IN ('NEW', 'READY') THEN payload ->> 'state'
+            AND payload ->> 'state' IN ('NEW', 'READY')
+            THEN CASE WHEN cancel_requested THEN 'CANCELLED' ELSE payload ->> 'state' END
+        WHEN kind = 'cancelled' AND state IN ('NEW', 'READY') THEN 'CANCELLED'
+        WHEN kind = 'requeued' AND state IN ('FAILED', 'CANCELLED') THEN 'READY'
         -- `updated` keeps the state unless it names one; a job a worker holds
         -- (PROCESSING, STOPPING) changes state only through the worker's events,
         -- and no save() may put a job into a worker's states.
         WHEN kind = 'updated' AND (NOT payload ? 'state' OR payload ->> 'state' = state)
             THEN state
         WHEN kind = 'updated'
-            AND state IN ('NEW', 'READY', 'FAILED', 'COMPLETE')
-            AND payload ->> 'state' IN ('NEW', 'READY', 'FAILED', 'COMPLETE')
+            AND state IN ('NEW', 'READY', 'FAILED', 'COMPLETE', 'CANCELLED')
+            AND payload ->> 'state' IN ('NEW', 'READY', 'FAILED', 'COMPLETE', 'CANCELLED')
             THEN payload ->> 'state'
     END
 $$;
@@ -47,7 +56,9 @@ BEGIN
     INTO bad
     FROM unnest(events) e
     LEFT JOIN django_dbq_job j ON j.id = e.job_id
-    WHERE dbq_event_is_illegal_v1(e.kind, e.version, e.payload, j.id IS NOT NULL, j.state, j.version)
+    WHERE dbq_event_is_illegal_v1(
+        e.kind, e.version, e.payload, j.id IS NOT NULL, j.state, j.version, j.cancel_requested
+    )
     LIMIT 1;
 
     IF bad.kind = 'created' AND bad.job_exists THEN
@@ -77,7 +88,8 @@ $$;
 -- dbq_event_is_illegal_v1: whether an event breaks a rule, given the job's row
 -- (exists, state, version) as it is before the event.
 CREATE OR REPLACE FUNCTION dbq_event_is_illegal_v1(
-    kind text, version integer, payload jsonb, job_exists boolean, state text, job_version integer
+    kind text, version integer, payload jsonb, job_exists boolean, state text, job_version integer,
+    cancel_requested boolean
 )
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -88,7 +100,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE')
         ELSE
             NOT job_exists OR version <> job_version + 1
-            OR dbq_next_state_v1(kind, state, payload) IS NULL
+            OR dbq_next_state_v1(kind, state, payload, cancel_requested) IS NULL
     END
 $$;
 
@@ -115,7 +127,8 @@ BEGIN
     SELECT count(*) FILTER (WHERE e.kind = 'created'),
            count(*) FILTER (WHERE e.kind <> 'created'),
            count(*) FILTER (WHERE dbq_event_is_illegal_v1(
-               e.kind, e.version, e.payload, j.id IS NOT NULL, j.state, j.version))
+               e.kind, e.version, e.payload, j.id IS NOT NULL, j.state, j.version,
+               j.cancel_requested))
     INTO created_count, other_count, illegal_count
     FROM unnest(events) e
     LEFT JOIN django_dbq_job j ON j.id = e.job_id;
@@ -130,7 +143,8 @@ BEGIN
         WITH inserted AS (
             INSERT INTO django_dbq_job (
                 id, created, modified, name, state, next_task, workspace,
-                queue_name, priority, run_after, version, claimed_by, lease_until
+                queue_name, priority, run_after, version, claimed_by, lease_until,
+                attempts, cancel_requested
             )
             SELECT e.job_id,
                    COALESCE((e.payload ->> 'created')::timestamptz, e.at),
@@ -144,7 +158,9 @@ BEGIN
                    (e.payload ->> 'run_after')::timestamptz,
                    e.version,
                    NULL,
-                   NULL
+                   NULL,
+                   COALESCE((e.payload ->> 'attempts')::integer, 0),
+                   false
             FROM unnest(events) e
             WHERE e.kind = 'created'
             RETURNING queue_name, state
@@ -159,7 +175,7 @@ BEGIN
             -- Workers' events carry the workspace and next task they leave behind;
             -- `updated` carries exactly the fields a save() changed.
             UPDATE django_dbq_job j SET
-                state = dbq_next_state_v1(e.kind, j.state, e.payload),
+                state = dbq_next_state_v1(e.kind, j.state, e.payload, j.cancel_requested),
                 name = CASE WHEN e.kind = 'updated' AND e.payload ? 'name'
                             THEN e.payload ->> 'name' ELSE j.name END,
                 next_task = CASE
@@ -176,17 +192,29 @@ BEGIN
                                   THEN e.payload ->> 'queue_name' ELSE j.queue_name END,
                 priority = CASE WHEN e.kind = 'updated' AND e.payload ? 'priority'
                                 THEN (e.payload ->> 'priority')::smallint ELSE j.priority END,
-                run_after = CASE WHEN e.kind = 'updated' AND e.payload ? 'run_after'
-                                 THEN (e.payload ->> 'run_after')::timestamptz ELSE j.run_after END,
+                run_after = CASE
+                    WHEN e.kind IN ('updated', 'retried') AND e.payload ? 'run_after'
+                        THEN (e.payload ->> 'run_after')::timestamptz
+                    WHEN e.kind = 'requeued' THEN NULL
+                    ELSE j.run_after END,
+                -- Failed attempts so far; a requeue starts the count again.
+                attempts = CASE
+                    WHEN e.kind IN ('retried', 'failed') THEN j.attempts + 1
+                    WHEN e.kind = 'requeued' THEN 0
+                    ELSE j.attempts END,
+                -- A pending cancellation lasts while a worker still holds the job.
+                cancel_requested = e.kind = 'cancel_requested' OR (
+                    j.cancel_requested AND e.kind IN ('stopping', 'lease_renewed', 'updated')),
                 -- The worker holding the job and until when; cleared when it lets go.
                 claimed_by = CASE
                     WHEN e.kind = 'claimed' THEN e.payload ->> 'worker'
-                    WHEN e.kind IN ('stopping', 'lease_renewed', 'updated') THEN j.claimed_by
+                    WHEN e.kind IN ('stopping', 'lease_renewed', 'updated', 'cancel_requested')
+                        THEN j.claimed_by
                     END,
                 lease_until = CASE
                     WHEN e.kind IN ('claimed', 'lease_renewed')
                         THEN (e.payload ->> 'lease_until')::timestamptz
-                    WHEN e.kind IN ('stopping', 'updated') THEN j.lease_until
+                    WHEN e.kind IN ('stopping', 'updated', 'cancel_requested') THEN j.lease_until
                     END,
                 modified = e.at,
                 version = e.version

@@ -1,0 +1,36 @@
+"""Operators' actions on jobs: cancel and requeue, each one statement of events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from django_dbq.sqlfiles import load_queries
+
+CHUNK = 1000
+
+
+def _act(query: str, job_ids: Iterable[uuid.UUID], reason: str, using: str) -> dict[uuid.UUID, str]:
+    ids, done = list(job_ids), {}
+    with connections[using].cursor() as cursor:
+        for start in range(0, len(ids), CHUNK):
+            params = {"job_ids": ids[start : start + CHUNK], "reason": reason}
+            cursor.execute(load_queries("django_dbq.events")[query], params)
+            done.update(cursor.fetchall())
+    return done
+
+
+def cancel_jobs(
+    job_ids: Iterable[uuid.UUID], reason: str = "", using: str = DEFAULT_DB_ALIAS
+) -> dict[uuid.UUID, str]:
+    """Cancel jobs (waiting: `cancelled`; running: `cancel_requested`); return id -> event kind."""
+    return _act("jobs_cancel", job_ids, reason, using)
+
+
+def requeue_jobs(
+    job_ids: Iterable[uuid.UUID], reason: str = "", using: str = DEFAULT_DB_ALIAS
+) -> dict[uuid.UUID, str]:
+    """Requeue FAILED and CANCELLED jobs; return id -> event kind for those requeued."""
+    return _act("jobs_requeue", job_ids, reason, using)
