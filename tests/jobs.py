@@ -106,3 +106,15 @@ def saving_task(job):
     job.save()  # nothing changed yet: no event
     job.workspace["progress"] = 50
     job.save()
+
+
+def flaky_task(job):
+    """Fails until it has failed workspace["fail_times"] times; records what it saw."""
+    CALLS.append(("task", job.attempts, dict(job.workspace)))
+    job.workspace["touched"] = job.attempts  # must not survive a failed attempt
+    if job.attempts < job.workspace["fail_times"]:
+        raise ValueError(f"flaky failure {job.attempts + 1}")
+
+
+def backoff_of_attempt(job, attempt):
+    return 100 * attempt

@@ -56,6 +56,14 @@ JOBS = {
     "counted_once": ["tests.jobs.record_run"],
     "killed_once": ["tests.jobs.sleep_on_first_run"],
     "saves": ["tests.jobs.saving_task"],
+    "flaky": {
+        "tasks": ["tests.jobs.task_one", "tests.jobs.flaky_task"],
+        "retries": 2,
+        "retry_backoff": "constant",
+        "retry_delay": 0,
+        "failure_hook": "tests.jobs.failure_hook",
+        "post_task_hook": "tests.jobs.post_task_hook",
+    },
     "badhook": {
         "tasks": ["tests.jobs.task_one"],
         "creation_hook": "tests.jobs.failing_creation_hook",
