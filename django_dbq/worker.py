@@ -108,9 +108,9 @@ class Worker:
                 except DatabaseError as exc:
                     backoff = min(max(backoff * 2, 0.25), 10.0)
                     logger.warning(
-                        "Worker %s: database error (%s); retrying in %.2fs",
+                        "event=database_error worker=%s error=%r retry_in=%.2fs",
                         self.worker_id,
-                        exc,
+                        str(exc),
                         backoff,
                     )
                     connections[self.using].close()
@@ -186,11 +186,13 @@ class Worker:
     def _run_one(self, job: Job) -> None:
         self.current_job = job
         logger.info(
-            'Processing job: name="%s" queue="%s" id=%s next_task=%s',
+            "event=started job=%s name=%r queue=%r task=%s attempt=%s worker=%s",
+            job.pk,
             job.name,
             job.queue_name,
-            job.pk,
             job.next_task,
+            job.attempts + 1,
+            self.worker_id,
         )
         outcome = run_task(job, self.worker_id)
         self.current_job = None
@@ -224,18 +226,22 @@ class Worker:
             job = outcome.job
             if job.pk in recorded:
                 logger.info(
-                    'Updating job: name="%s" id=%s state=%s next_task=%s',
-                    job.name,
+                    "event=%s job=%s name=%r state=%s next_task=%s worker=%s",
+                    outcome.kind,
                     job.pk,
+                    job.name,
                     job.state,
                     job.next_task or "none",
+                    self.worker_id,
                 )
             else:
+                # The lease ran out before the outcome was recorded; the job went back
+                # to its queue (lease_expired) and this outcome is dropped.
                 logger.warning(
-                    "Job id=%s: this worker's lease ran out before its outcome (%s) "
-                    "was recorded; the job went back to its queue",
+                    "event=lease_lost job=%s outcome=%s worker=%s",
                     job.pk,
                     outcome.kind,
+                    self.worker_id,
                 )
 
     def _release(self, jobs: list[Job]) -> None:
@@ -248,7 +254,8 @@ class Worker:
             )
             for job in jobs
         ]
-        append_held(self.worker_id, events, using=self.using)
+        for job_id in append_held(self.worker_id, events, using=self.using):
+            logger.info("event=released job=%s worker=%s", job_id, self.worker_id)
         with self._lock:
             for job in jobs:
                 self._held.pop(job.pk, None)
@@ -293,7 +300,9 @@ class Worker:
                 return
             except DatabaseError as exc:
                 logger.warning(
-                    "Worker %s could not record its last outcomes (%s)", self.worker_id, exc
+                    "event=database_error worker=%s error=%r while=finishing",
+                    self.worker_id,
+                    str(exc),
                 )
                 connections[self.using].close()
                 time.sleep(0.5 * (attempt + 1))
@@ -318,10 +327,14 @@ class Worker:
                         last_renewal = time.monotonic()
                     for job_id in expire_leases(self.worker_id, using=self.using):
                         logger.warning(
-                            "Job id=%s: its worker's lease ran out; back in its queue", job_id
+                            "event=lease_expired job=%s noticed_by=%s", job_id, self.worker_id
                         )
                 except DatabaseError as exc:
-                    logger.warning("Worker %s heartbeat: database error (%s)", self.worker_id, exc)
+                    logger.warning(
+                        "event=database_error worker=%s error=%r while=heartbeat",
+                        self.worker_id,
+                        str(exc),
+                    )
                     connections[self.using].close()
         finally:
             connections[self.using].close()
@@ -334,3 +347,4 @@ class Worker:
         payload = jsonutil.dumps({"worker": self.worker_id})
         append_held(self.worker_id, [(job.pk, "stopping", payload)], using=self.using)
         job.state = Job.STATES.STOPPING
+        logger.info("event=stopping job=%s worker=%s", job.pk, self.worker_id)

@@ -187,7 +187,7 @@ def evidence(log: Path, processes: int) -> str:
 
     kinds = dict(JobEvent.objects.values_list("kind").annotate(n=Count("id")))
     states = dict(Job.objects.values_list("state").annotate(n=Count("id")))
-    reconnects = log.read_text(errors="replace").count("database error")
+    reconnects = log.read_text(errors="replace").count("event=database_error")
     parts = [
         f"{states.get('COMPLETE', 0)} complete",
         f"{states.get('FAILED', 0)} failed",

@@ -128,3 +128,25 @@ def test_job_history__unknown_or_malformed_id_is_a_clear_error():
         run("job_history", "nope")
     with pytest.raises(CommandError, match="No events for job"):
         run("job_history", "00000000-0000-0000-0000-000000000000")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dbq_stats__counts_per_queue_and_state_waiting_age_and_throughput():
+    from django_dbq.worker import Worker
+
+    Job.objects.bulk_create([Job(name="testjob") for _ in range(3)])
+    Job.objects.create(name="testjob", queue_name="other")
+    Job.objects.create(name="testjob", state="FAILED", queue_name="other")
+    Worker("default", burst=True, handle_signals=False).run()
+
+    table = run("dbq_stats").splitlines()
+    data = orjson.loads(run("dbq_stats", "--json"))
+
+    assert table[0].split()[:4] == ["queue", "NEW", "READY", "PROCESSING"]
+    assert data["window_minutes"] == 5
+    assert data["queues"]["default"]["states"] == {"COMPLETE": 3}
+    assert data["queues"]["default"]["completed_per_minute"] == 0.6
+    assert data["queues"]["default"]["oldest_waiting_seconds"] is None
+    assert data["queues"]["other"]["states"] == {"NEW": 1, "FAILED": 1}
+    assert data["queues"]["other"]["oldest_waiting_seconds"] >= 0
+    assert any(line.startswith("other ") for line in table)

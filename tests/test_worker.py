@@ -355,3 +355,16 @@ def test_worker__a_task_that_saves_its_job_records_only_what_changed():
     assert seen["modified"] == claimed.at
     assert abs((seen["lease_until"] - claimed.at).total_seconds() - 30) < 1
     assert Job.objects.get(pk=job.pk).workspace == {"start": 1, "progress": 50}
+
+
+def test_worker__logs_each_transition_as_key_value_pairs(caplog):
+    job = Job.objects.create(name="twotasks")
+
+    with caplog.at_level("INFO", logger="django_dbq.worker"):
+        drain()
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "django_dbq.worker"]
+    events = [line.split()[0] for line in lines]
+    assert events == ["event=started", "event=task_done", "event=started", "event=completed"]
+    assert all(f"job={job.id}" in line for line in lines)
+    assert "name='twotasks'" in lines[0] and "attempt=1" in lines[0]

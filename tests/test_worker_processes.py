@@ -209,7 +209,7 @@ def test_lost_connections__workers_reconnect_and_lose_or_repeat_nothing(runs_fil
 
     assert killed > 0
     assert [code for code, _, _ in results] == [0, 0], results[0][2][-2000:]
-    assert "database error" in results[0][2] + results[1][2]
+    assert "event=database_error" in results[0][2] + results[1][2]
     assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == 400
     assert_each_task_ran_once(runs_file, jobs, tasks_per_job=2)
     assert verify_projection().ok

@@ -31,3 +31,22 @@ LIMIT %(limit)s
 
 -- name: projection_count
 SELECT count(*) FROM django_dbq_job
+
+-- name: stats_by_queue_and_state
+-- How many jobs each queue holds in each state.
+SELECT queue_name, state, count(*) FROM django_dbq_job GROUP BY 1, 2 ORDER BY 1, 2
+
+-- name: stats_oldest_waiting
+-- Per queue, the age in seconds of the oldest job that could run now and waits.
+SELECT queue_name, extract(epoch FROM now() - min(created))::float8
+FROM django_dbq_job
+WHERE state IN ('NEW', 'READY') AND (run_after IS NULL OR run_after <= now())
+GROUP BY 1
+
+-- name: stats_recent_outcomes
+-- Per queue, jobs completed and failed in the last `minutes` minutes, from the ledger.
+SELECT j.queue_name, e.kind, count(*)
+FROM django_dbq_jobevent e
+JOIN django_dbq_job j ON j.id = e.job_id
+WHERE e.at > now() - make_interval(mins => %(minutes)s) AND e.kind IN ('completed', 'failed')
+GROUP BY 1, 2

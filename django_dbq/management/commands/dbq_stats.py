@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.core.management.base import BaseCommand, CommandParser
+
+from django_dbq.models import Job
+from django_dbq.projections.stats import WINDOW_MINUTES, queue_stats
+
+
+class Command(BaseCommand):
+    help = "Print jobs per queue and state, the oldest waiting job's age, and recent throughput."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--json", action="store_true", help="One JSON document, for scripts.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stats = queue_stats()
+        if options["json"]:
+            self.stdout.write(
+                orjson.dumps({"window_minutes": WINDOW_MINUTES, "queues": stats}).decode()
+            )
+            return
+        states = list(Job.STATES.values)
+        header = ["queue", *states, "oldest waiting", "done/min", "failed/min"]
+        rows = [header]
+        for queue, row in stats.items():
+            age = row["oldest_waiting_seconds"]
+            rows.append(
+                [
+                    queue,
+                    *(str(row["states"].get(state, 0)) for state in states),
+                    "-" if age is None else f"{age:.1f}s",
+                    f"{row['completed_per_minute']:g}",
+                    f"{row['failed_per_minute']:g}",
+                ]
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        for r in rows:
+            self.stdout.write(
+                "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+            )
+        self.stdout.write(
+            f"(done/min and failed/min: last {WINDOW_MINUTES} minutes, from the ledger)"
+        )

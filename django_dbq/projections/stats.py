@@ -1,0 +1,36 @@
+"""Queue statistics: counts per queue and state, waiting age, recent throughput."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from django_dbq.sqlfiles import load_queries
+
+WINDOW_MINUTES = 5
+
+
+def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
+    """Per queue: jobs per state, oldest waiting job's age (s), completed and failed per minute."""
+    queries = load_queries("django_dbq.projections")
+    stats: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {
+            "states": {},
+            "oldest_waiting_seconds": None,
+            "completed_per_minute": 0.0,
+            "failed_per_minute": 0.0,
+        }
+    )
+    with connections[using].cursor() as cursor:
+        cursor.execute(queries["stats_by_queue_and_state"])
+        for queue, state, count in cursor.fetchall():
+            stats[queue]["states"][state] = count
+        cursor.execute(queries["stats_oldest_waiting"])
+        for queue, age in cursor.fetchall():
+            stats[queue]["oldest_waiting_seconds"] = round(age, 3)
+        cursor.execute(queries["stats_recent_outcomes"], {"minutes": WINDOW_MINUTES})
+        for queue, kind, count in cursor.fetchall():
+            stats[queue][f"{kind}_per_minute"] = round(count / WINDOW_MINUTES, 2)
+    return dict(sorted(stats.items()))
