@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django_dbq.events.models import JobEvent
@@ -10,9 +11,11 @@ from django_dbq.events.models import JobEvent
 HEADER = ("time", "version", "event", "worker", "task", "duration", "error")
 
 
-def job_timeline(job_id: uuid.UUID | str) -> list[tuple[str, ...]]:
-    """Return one row per event of the job: time, version, kind, worker, task, duration, error."""
+def job_timeline(job_id: uuid.UUID | str, until: datetime | None = None) -> list[tuple[str, ...]]:
+    """One row per event of the job (up to `until`): time, version, kind, worker, task, duration, error."""
     events = JobEvent.objects.filter(job_id=job_id).order_by("version")
+    if until is not None:
+        events = events.filter(at__lte=until)
     return [_row(event) for event in events]
 
 

@@ -47,3 +47,14 @@ def selected_jobs(options: dict[str, Any]) -> QuerySet[Job]:
         if values:
             jobs = jobs.filter(**{f"{field}__in": values})
     return jobs
+
+
+def parse_when(text: str) -> Any:
+    """An ISO 8601 time from the command line (naive ones are in the current time zone)."""
+    from django.utils import timezone
+    from django.utils.dateparse import parse_datetime
+
+    when = parse_datetime(text)
+    if when is None:
+        raise CommandError(f"{text!r} is not a time; write it as 2026-11-28T10:00:00+00:00.")
+    return timezone.make_aware(when) if timezone.is_naive(when) else when

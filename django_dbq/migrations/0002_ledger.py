@@ -44,7 +44,7 @@ FUNCTIONS = [
     "dbq_apply_events_v1(django_dbq_jobevent[])",
     "dbq_apply_statement_v1(django_dbq_jobevent[])",
     "dbq_notify_waiting_v1(text[])",
-    "dbq_replay_events_v1()",
+    "dbq_replay_events_v1(timestamptz, uuid[])",
     "dbq_delete_old_jobs_v1(timestamptz)",
     "dbq_claim_jobs_v1(text, integer, text, text, integer, float8)",
     "dbq_append_held_v1(text, jsonb)",

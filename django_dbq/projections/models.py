@@ -60,6 +60,17 @@ class JobQuerySet(models.QuerySet):
 
         return len(requeue_jobs(self.values_list("id", flat=True), reason, using=self.db))
 
+    def as_of(self, when: Any) -> list[Job]:
+        """These jobs as they were at `when`, rebuilt from the ledger (read-only instances).
+
+        On Job.objects (no filter) the whole projection is rebuilt; on a filtered
+        queryset, only the jobs it selects now. Jobs created after `when` are absent.
+        """
+        from django_dbq.projections.replay import projection_as_of
+
+        ids = None if not self.query.where else list(self.values_list("id", flat=True))
+        return projection_as_of(when, ids, using=self.db)
+
     def delete_old(self, hours: int | None = None) -> int:
         """Remove COMPLETE and FAILED jobs created more than `hours` (default 24) ago, with their history."""
         from django_dbq.events.append import delete_old_jobs

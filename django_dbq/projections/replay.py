@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from django_dbq.sqlfiles import load_queries
+
+if TYPE_CHECKING:
+    from django_dbq.projections.models import Job
 
 
 @dataclass
@@ -88,3 +93,26 @@ def _load(value: Any) -> dict[str, Any] | None:
     if value is None or isinstance(value, dict):
         return value
     return orjson.loads(value)
+
+
+def projection_as_of(
+    when: datetime, job_ids: Sequence[uuid.UUID] | None = None, using: str = DEFAULT_DB_ALIAS
+) -> list[Job]:
+    """The Job rows as they were at `when`, rebuilt from the ledger; the live table is untouched.
+
+    With job_ids only those jobs are rebuilt (cheap); without, the whole
+    projection is. Either way new events wait until the rebuild is read, and the
+    rebuild is rolled back.
+    """
+    from django_dbq.projections.models import Job
+
+    with transaction.atomic(using), connections[using].cursor() as cursor:
+        _run(cursor, "ledger_lock")
+        ids = None if job_ids is None else list(job_ids)
+        _run(cursor, "projection_replay_as_of", {"until": when, "job_ids": ids})
+        jobs = Job.objects.using(using).all()
+        if ids is not None:
+            jobs = jobs.filter(id__in=ids)
+        past = list(jobs)
+        transaction.set_rollback(True, using)
+    return past

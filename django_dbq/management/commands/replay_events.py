@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from django_dbq.projections.replay import replay_events, verify_projection
+from django_dbq.management.selection import parse_when
+from django_dbq.projections.replay import projection_as_of, replay_events, verify_projection
 
 
 class Command(BaseCommand):
@@ -20,10 +22,18 @@ class Command(BaseCommand):
             help="Rebuild into a rolled-back transaction and diff it against the live table; "
             "exit 1 on drift.",
         )
+        parser.add_argument(
+            "--as-of",
+            help="Rebuild the projection as it was at this time (ISO 8601) in a rolled-back "
+            "transaction and print jobs per queue and state then; the live table is untouched.",
+        )
         parser.add_argument("--database", default="default", help="Database alias.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         started = time.perf_counter()
+        if options["as_of"]:
+            self._print_as_of(parse_when(options["as_of"]), options["database"])
+            return
         if not options["verify"]:
             events = replay_events(using=options["database"])
             self.stdout.write(f"replayed {events} events in {time.perf_counter() - started:.2f}s")
@@ -42,3 +52,10 @@ class Command(BaseCommand):
         if result.drift_count > len(result.drift):
             self.stderr.write(f"  ... and {result.drift_count - len(result.drift)} more")
         raise SystemExit(1)
+
+    def _print_as_of(self, when: Any, using: str) -> None:
+        jobs = projection_as_of(when, using=using)
+        counts = Counter((job.queue_name, job.state) for job in jobs)
+        self.stdout.write(f"as of {when.isoformat()}: {len(jobs)} jobs")
+        for (queue, state), count in sorted(counts.items()):
+            self.stdout.write(f"  {queue} {state} {count}")
