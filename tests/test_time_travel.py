@@ -27,8 +27,13 @@ def history(db):
     first = Job.objects.create(name="twotasks", workspace={"step": 0})
     moments = {"created": db_now()}
     append(first, "claimed", worker="w1", lease_until="2030-01-01T00:00:00+00:00")
-    append(first, "task_done", task="tests.jobs.task_one", next_task="tests.jobs.task_two",
-           workspace={"step": 1})
+    append(
+        first,
+        "task_done",
+        task="tests.jobs.task_one",
+        next_task="tests.jobs.task_two",
+        workspace={"step": 1},
+    )
     moments["between tasks"] = db_now()
     second = Job.objects.create(name="testjob", queue_name="other")
     append(first, "claimed", worker="w2", lease_until="2030-01-01T00:00:00+00:00")
@@ -47,7 +52,10 @@ def test_as_of__rebuilds_each_moment_of_a_known_history(history):
     assert [(j.id, j.state, j.workspace) for j in at_start] == [(first.id, "NEW", {"step": 0})]
     assert set(then) == {first.id}
     assert (then[first.id].state, then[first.id].next_task, then[first.id].workspace) == (
-        "READY", "tests.jobs.task_two", {"step": 1})
+        "READY",
+        "tests.jobs.task_two",
+        {"step": 1},
+    )
     # The live projection is untouched.
     assert Job.objects.get(pk=first.pk).state == "COMPLETE"
     assert Job.objects.count() == 2
@@ -66,7 +74,9 @@ def test_job_history_as_of__prints_the_timeline_then_and_the_state_then(history)
     first, _, moments = history
     out = StringIO()
 
-    call_command("job_history", str(first.id), "--as-of", moments["between tasks"].isoformat(), stdout=out)
+    call_command(
+        "job_history", str(first.id), "--as-of", moments["between tasks"].isoformat(), stdout=out
+    )
 
     lines = out.getvalue().splitlines()
     assert [line.split()[2] for line in lines[1:4]] == ["created", "claimed", "task_done"]

@@ -205,7 +205,12 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="job",
             name="run_after",
-            field=models.DateTimeField(null=True),
+            field=models.DateTimeField(blank=True, null=True),
+        ),
+        migrations.AlterField(
+            model_name="job",
+            name="workspace",
+            field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddIndex(
             model_name="job",

@@ -100,10 +100,10 @@ class Job(models.Model):
     name = models.CharField(max_length=100)
     state = models.CharField(max_length=20, choices=STATES.choices, default=STATES.NEW)
     next_task = models.CharField(max_length=100, blank=True)
-    workspace = models.JSONField(null=True)
+    workspace = models.JSONField(null=True, blank=True)
     queue_name = models.CharField(max_length=20, default="default")
     priority = models.SmallIntegerField(default=0)
-    run_after = models.DateTimeField(null=True)
+    run_after = models.DateTimeField(null=True, blank=True)
     # The version of the last event applied: the ledger's order within this job.
     version = models.PositiveIntegerField(default=0, editable=False)
     # The worker holding a PROCESSING or STOPPING job, and until when its lease runs.

@@ -1,0 +1,127 @@
+"""The admin, through Django's test client as a superuser."""
+
+from datetime import timedelta
+
+import orjson
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from django_dbq.events.append import append_events
+from django_dbq.models import Job, JobEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def changelist(admin_client, **params):
+    return admin_client.get(reverse("admin:django_dbq_job_changelist"), params)
+
+
+def test_job_list__filters_by_state_and_searches_id_and_workspace(admin_client):
+    job = Job.objects.create(name="testjob", workspace={"customer": "ACME-42"})
+    Job.objects.create(name="twotasks", state="FAILED", queue_name="other")
+
+    assert changelist(admin_client).status_code == 200
+    by_state = changelist(admin_client, state__exact="FAILED").context["cl"].result_list
+    by_id = changelist(admin_client, q=str(job.id)).context["cl"].result_list
+    by_text = changelist(admin_client, q="acme-42").context["cl"].result_list
+
+    assert [j.name for j in by_state] == ["twotasks"]
+    assert list(by_id) == [job] and list(by_text) == [job]
+
+
+def test_job_page__shows_the_timeline_with_durations_and_errors(admin_client):
+    job = Job.objects.create(name="twotasks")
+    for kind, payload in [
+        ("claimed", {"worker": "host:1:w"}),
+        (
+            "task_done",
+            {"task": "tests.jobs.task_one", "next_task": "tests.jobs.task_two", "duration": 0.25},
+        ),
+        ("claimed", {"worker": "host:1:w"}),
+        (
+            "failed",
+            {
+                "task": "tests.jobs.task_two",
+                "duration": 1.5,
+                "error": {"type": "ValueError", "message": "bad cat"},
+            },
+        ),
+    ]:
+        append_events([(job.id, kind, orjson.dumps(payload).decode())])
+
+    page = admin_client.get(reverse("admin:django_dbq_job_change", args=[job.id]))
+
+    html = page.content.decode()
+    assert page.status_code == 200
+    for text in ["created", "task_done", "0.250 s", "1.500 s", "ValueError: bad cat", "host:1:w"]:
+        assert text in html
+
+
+def test_job_form__a_change_is_saved_as_an_updated_event(admin_client):
+    job = Job.objects.create(name="testjob", workspace={"a": 1})
+    url = reverse("admin:django_dbq_job_change", args=[job.id])
+    form = {
+        "name": "testjob",
+        "queue_name": "default",
+        "priority": "5",
+        "run_after_0": "",
+        "run_after_1": "",
+        "workspace": '{"a": 1}',
+        "events-TOTAL_FORMS": "1",
+        "events-INITIAL_FORMS": "1",
+        "events-MIN_NUM_FORMS": "0",
+        "events-MAX_NUM_FORMS": "0",
+    }
+
+    response = admin_client.post(url, form)
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert job.events.last().payload == {"priority": 5}
+
+
+def test_actions__requeue_cancel_and_run_now_append_events(admin_client):
+    failed = Job.objects.create(name="testjob", state="FAILED")
+    waiting = Job.objects.create(name="testjob")
+    later = Job.objects.create(name="testjob", run_after=timezone.now() + timedelta(days=1))
+    url = reverse("admin:django_dbq_job_changelist")
+
+    admin_client.post(url, {"action": "requeue", "_selected_action": [failed.id]})
+    admin_client.post(url, {"action": "cancel", "_selected_action": [waiting.id]})
+    admin_client.post(url, {"action": "run_now", "_selected_action": [later.id]})
+
+    assert Job.objects.get(pk=failed.pk).state == "READY"
+    assert Job.objects.get(pk=waiting.pk).state == "CANCELLED"
+    assert Job.objects.get(pk=later.pk).run_after is None
+    assert [e.kind for e in JobEvent.objects.order_by("id")][-3:] == [
+        "requeued",
+        "cancelled",
+        "updated",
+    ]
+
+
+def test_jobs_cannot_be_deleted_in_the_admin(admin_client):
+    job = Job.objects.create(name="testjob")
+
+    response = admin_client.get(reverse("admin:django_dbq_job_delete", args=[job.id]))
+
+    assert response.status_code == 403
+    assert Job.objects.count() == 1
+
+
+def test_ledger_admin__is_read_only_for_every_user(admin_client):
+    job = Job.objects.create(name="testjob")
+    event = job.events.get()
+
+    listing = admin_client.get(reverse("admin:django_dbq_jobevent_changelist"))
+    add = admin_client.get(reverse("admin:django_dbq_jobevent_add"))
+    change = admin_client.post(
+        reverse("admin:django_dbq_jobevent_change", args=[event.id]), {"kind": "failed"}
+    )
+    delete = admin_client.post(
+        reverse("admin:django_dbq_jobevent_delete", args=[event.id]), {"post": "yes"}
+    )
+
+    assert listing.status_code == 200
+    assert (add.status_code, change.status_code, delete.status_code) == (403, 403, 403)
+    assert JobEvent.objects.get().kind == "created"
