@@ -27,6 +27,11 @@ def get_jobs_setting() -> dict[str, Any]:
 
 def get_job_config(job_name: str) -> dict[str, Any]:
     """Return the job's config in dict form, or raise UnknownJobError naming the known jobs."""
+    from django_dbq.taskrun import TASK_JOB, TASK_JOB_CONFIG
+
+    if job_name == TASK_JOB:
+        # Built in: runs Django Tasks' @task functions (django_dbq.backends.LedgerBackend).
+        return TASK_JOB_CONFIG
     jobs = get_jobs_setting()
     try:
         config = jobs[job_name]

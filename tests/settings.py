@@ -39,6 +39,15 @@ TEMPLATES = [
     }
 ]
 ROOT_URLCONF = "tests.urls"
+
+# Django's Tasks framework: built in from Django 6, the django-tasks backport on 5.2.
+try:
+    import django.tasks  # noqa: F401
+except ImportError:
+    INSTALLED_APPS.append("django_tasks")
+TASKS = {
+    "default": {"BACKEND": "django_dbq.backends.LedgerBackend", "QUEUES": ["default", "tasks"]}
+}
 DATABASES = {"default": database_settings(database_url(BASE_DIR / ".pgdata"))}
 # A test database per run, so that two suites on one server do not drop each other's.
 DATABASES["default"]["TEST"] = {"NAME": f"test_dbq_{os.getpid()}"}

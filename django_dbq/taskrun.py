@@ -1,0 +1,41 @@
+"""Running a Django Tasks `@task` as a django-dbq job (see django_dbq.backends).
+
+The job `django_dbq.task` is built in: its one task, `run`, reads the task's path,
+arguments and context flag from the workspace, calls it, and keeps its return
+value in the workspace. This module imports the Tasks framework only when a task
+runs, so that settings without it still pass `manage.py check`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+TASK_JOB = "django_dbq.task"
+TASK_JOB_CONFIG = {"tasks": ["django_dbq.taskrun.run"]}
+
+
+def as_json(value: Any, what: str) -> Any:
+    """value as JSON gives it back, or TypeError naming what cannot be stored."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"The task's {what} must be JSON ({exc}); pass ids and plain values instead of objects."
+        ) from None
+
+
+def run(job: Any) -> None:
+    """Call the Django task the job holds and keep its return value."""
+    from django.utils.module_loading import import_string
+
+    from django_dbq.backends import TaskContext
+
+    task = import_string(job.workspace["task"])
+    args, kwargs = job.workspace["args"], job.workspace["kwargs"]
+    if job.workspace.get("takes_context"):
+        result = task.get_backend().get_result(str(job.id))
+        value = task.call(TaskContext(task_result=result), *args, **kwargs)
+    else:
+        value = task.call(*args, **kwargs)
+    job.workspace["return_value"] = as_json(value, "return value")
