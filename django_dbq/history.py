@@ -26,6 +26,8 @@ def _row(event: JobEvent) -> tuple[str, ...]:
     duration = payload.get("duration")
     error = payload.get("error") or {}
     kind = event.kind + (" (imported)" if payload.get("imported") else "")
+    if event.kind == "retried":
+        kind += f" (attempt {payload.get('attempt')})"
     return (
         event.at.isoformat(timespec="milliseconds"),
         str(event.version),

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from django_dbq.events.append import append_events
 from django_dbq.models import Job, JobEvent
+from django_dbq.projections.replay import verify_projection
 
 pytestmark = pytest.mark.django_db
 
@@ -98,6 +99,7 @@ def test_actions__requeue_cancel_and_run_now_append_events(admin_client):
         "cancelled",
         "updated",
     ]
+    assert verify_projection().ok
 
 
 def test_jobs_cannot_be_deleted_in_the_admin(admin_client):

@@ -70,6 +70,11 @@ def test_retries__the_job_fails_when_they_run_out_and_then_the_failure_hook_runs
     job.refresh_from_db()
     assert job.state == Job.STATES.FAILED and job.attempts == 3
     assert kinds(job).count("retried") == 2 and kinds(job)[-1] == "failed"
+    history = StringIO()
+    call_command("job_history", str(job.id), stdout=history)
+    assert (
+        "retried (attempt 1)" in history.getvalue() and "retried (attempt 2)" in history.getvalue()
+    )
     assert [c[0] for c in test_jobs.CALLS if c[0] == "failure"] == ["failure"]
 
 
@@ -159,6 +164,7 @@ def test_requeue__a_failed_job_runs_again_from_the_task_that_failed():
     job.refresh_from_db()
     assert job.state == Job.STATES.COMPLETE
     assert kinds(job)[-5:] == ["failed", "requeued", "updated", "claimed", "completed"]
+    assert verify_projection().ok
     assert Job.objects.create(name="testjob").requeue() is False
 
 
@@ -177,6 +183,7 @@ def test_cancel_and_requeue_commands__select_by_queue_name_and_state():
     call_command("requeue_jobs", "--state", "CANCELLED", "--name", "testjob", stdout=out)
     assert out.getvalue().strip() == "requeued 2 jobs"
     assert Job.objects.filter(state="READY").count() == 2
+    assert verify_projection().ok
 
     with pytest.raises(CommandError, match="Name jobs by id"):
         call_command("cancel_jobs")

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from django_dbq.exceptions import InvalidJobError
 from django_dbq.models import Job
+from django_dbq.projections.replay import verify_projection
 from django_dbq.worker import Worker
 from tests import tasks_app
 
@@ -39,6 +40,7 @@ def test_enqueue__creates_a_job_in_the_ledger_and_the_worker_runs_it():
     assert done.started_at is not None and done.finished_at >= done.started_at
     assert len(done.worker_ids) == 1 and done.errors == []
     assert [e.kind for e in job.events.all()] == ["created", "claimed", "completed"]
+    assert verify_projection().ok
 
 
 def test_enqueue__keeps_queue_priority_kwargs_and_run_after():
