@@ -2,13 +2,12 @@
 DATABASE_URL names, or on the embedded PostgreSQL."""
 
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-from django_dbq.testing import database_settings, database_url
+from django_dbq.testing import database_settings, database_url, with_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SERVER_URL = database_url(BASE_DIR / ".pgdata")
-BENCH_URL = urlunparse(urlparse(SERVER_URL)._replace(path="/dbq_bench"))
+BENCH_URL = with_database(SERVER_URL, "dbq_bench")
 
 SECRET_KEY = "benchmarks-only"
 USE_TZ = True

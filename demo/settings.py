@@ -2,13 +2,12 @@
 (or on the embedded PostgreSQL), the demo jobs, and nothing else."""
 
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-from django_dbq.testing import database_settings, database_url
+from django_dbq.testing import database_settings, database_url, with_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SERVER_URL = database_url(BASE_DIR / ".pgdata")
-DEMO_URL = urlunparse(urlparse(SERVER_URL)._replace(path="/dbq_demo"))
+DEMO_URL = with_database(SERVER_URL, "dbq_demo")
 
 SECRET_KEY = "demo-only"
 USE_TZ = True

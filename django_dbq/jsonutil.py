@@ -12,8 +12,17 @@ from django_dbq.exceptions import InvalidJobError
 
 def dumps(value: Any, what: str = "value") -> str:
     """Encode value as JSON text, or raise InvalidJobError saying what cannot be stored."""
+    return _encode(value, what).decode()
+
+
+def encode_workspace(workspace: Any) -> bytes:
+    """Encode a workspace (keys sorted, so equal workspaces encode equally)."""
+    return _encode(workspace, "workspace", orjson.OPT_SORT_KEYS)
+
+
+def _encode(value: Any, what: str, option: int | None = None) -> bytes:
     try:
-        encoded = orjson.dumps(value)
+        encoded = orjson.dumps(value, option=option)
     except TypeError as exc:
         raise InvalidJobError(
             f"The job's {what} cannot be stored as JSON: {exc}. "
@@ -23,23 +32,6 @@ def dumps(value: Any, what: str = "value") -> str:
     if b"null" in encoded and _has_non_finite(value):
         raise InvalidJobError(
             f"The job's {what} holds NaN or an infinite float, which JSON cannot represent. "
-            "Store it as a string or None."
-        )
-    return encoded.decode()
-
-
-def encode_workspace(workspace: Any) -> bytes:
-    """Encode a workspace (keys sorted, so equal workspaces encode equally)."""
-    try:
-        encoded = orjson.dumps(workspace, option=orjson.OPT_SORT_KEYS)
-    except TypeError as exc:
-        raise InvalidJobError(
-            f"The job's workspace cannot be stored as JSON: {exc}. "
-            "Use only dicts with string keys, lists, strings, numbers, booleans and None."
-        ) from None
-    if b"null" in encoded and _has_non_finite(workspace):
-        raise InvalidJobError(
-            "The job's workspace holds NaN or an infinite float, which JSON cannot represent. "
             "Store it as a string or None."
         )
     return encoded

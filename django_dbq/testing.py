@@ -11,7 +11,7 @@ import os
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 
 def database_url(data_dir: str | os.PathLike[str] = ".pgdata") -> str:
@@ -35,6 +35,11 @@ def database_url(data_dir: str | os.PathLike[str] = ".pgdata") -> str:
     # Child processes (workers, subprocess tests) reuse the same server.
     os.environ["DATABASE_URL"] = url
     return url
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server's URL, for the database `name`."""
+    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
 
 
 def database_settings(url: str) -> dict[str, Any]:

@@ -313,7 +313,7 @@ def postgres_restart_scenario(jobs: int) -> Result:
 
     from django.db import connections
 
-    from django_dbq.testing import database_settings
+    from django_dbq.testing import database_settings, with_database
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -325,7 +325,7 @@ def postgres_restart_scenario(jobs: int) -> Result:
         default = connections["default"]
         before = dict(default.settings_dict)
         default.close()
-        default.settings_dict.update(database_settings(_with_database(url, "dbq_faults")))
+        default.settings_dict.update(database_settings(with_database(url, "dbq_faults")))
         try:
             return run_scenario(
                 "4. restart PostgreSQL mid-run", jobs, restart_postgres(server), server_url=url
@@ -334,12 +334,6 @@ def postgres_restart_scenario(jobs: int) -> Result:
             default.close()
             default.settings_dict.update(before)
             server.cleanup()
-
-
-def _with_database(url: str, name: str) -> str:
-    from urllib.parse import urlparse, urlunparse
-
-    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
 
 
 SCENARIOS: dict[str, Callable[[int], Result]] = {

@@ -3,13 +3,12 @@ FAULTS_DATABASE_URL or DATABASE_URL names, or on the embedded PostgreSQL."""
 
 import os
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-from django_dbq.testing import database_settings, database_url
+from django_dbq.testing import database_settings, database_url, with_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SERVER_URL = os.environ.get("FAULTS_DATABASE_URL") or database_url(BASE_DIR / ".pgdata")
-FAULTS_URL = urlunparse(urlparse(SERVER_URL)._replace(path="/dbq_faults"))
+FAULTS_URL = with_database(SERVER_URL, "dbq_faults")
 
 SECRET_KEY = "faults-only"
 USE_TZ = True

@@ -38,3 +38,14 @@ def runs_file(tmp_path, monkeypatch):
     path.touch()
     monkeypatch.setenv("DBQ_TEST_RUNS", str(path))
     return path
+
+
+def listen():
+    """A second connection to the test database, listening on the workers' channel."""
+    import psycopg
+    from django.db import connection
+
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
+    conn = psycopg.connect(**params, autocommit=True)
+    conn.execute("LISTEN django_dbq")
+    return conn

@@ -5,7 +5,6 @@ import threading
 import time
 
 import orjson
-import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
 
@@ -13,6 +12,7 @@ from django_dbq.exceptions import InvalidJobError, UnknownJobError
 from django_dbq.models import Job, JobEvent
 from django_dbq.projections.replay import verify_projection
 from django_dbq.worker import Worker
+from tests.conftest import listen
 
 ODD_QUEUES = ["q'uote", "semi;colon --", 'back\\slash"', "ünïcödé", "emoji 😀", "$1 %s {}"]
 ODD_JOB = "it's; DROP TABLE django_dbq_job; --"
@@ -61,13 +61,6 @@ def test_thousand_character_names__are_refused_clearly(settings, field, count_ro
 def test_unknown_thousand_character_job_name__names_the_known_jobs():
     with pytest.raises(UnknownJobError, match="known jobs: .*testjob"):
         Job.objects.create(name="x" * 1000)
-
-
-def listen():
-    params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
-    conn = psycopg.connect(**params, autocommit=True)
-    conn.execute("LISTEN django_dbq")
-    return conn
 
 
 @pytest.mark.django_db(transaction=True)

@@ -5,10 +5,11 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import psycopg
 import pytest
+
+from django_dbq.testing import with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = (
@@ -17,8 +18,7 @@ COLUMNS = (
 
 
 def url_for(database):
-    parts = urlparse(os.environ["DATABASE_URL"])
-    return urlunparse(parts._replace(path=f"/{database}"))
+    return with_database(os.environ["DATABASE_URL"], database)
 
 
 @pytest.fixture

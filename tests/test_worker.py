@@ -4,7 +4,6 @@ import threading
 import time
 from datetime import timedelta
 
-import psycopg
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -16,6 +15,7 @@ from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
 from django_dbq.worker import Worker
 from tests import jobs as test_jobs
+from tests.conftest import listen
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -283,15 +283,6 @@ def test_lease__a_worker_that_lost_its_lease_cannot_record_an_outcome():
 
 def test_claim_fields__follow_the_model_field_order():
     assert CLAIM_FIELDS == tuple(f.attname for f in Job._meta.concrete_fields)
-
-
-def listen():
-    conn = psycopg.connect(
-        **{k: v for k, v in connection.get_connection_params().items() if k != "context"},
-        autocommit=True,
-    )
-    conn.execute("LISTEN django_dbq")
-    return conn
 
 
 def notes(conn):

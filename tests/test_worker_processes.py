@@ -7,13 +7,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import pytest
 from django.db import connection
 
 from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
+from django_dbq.testing import with_database
 from tests.jobs import runs_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def database_url_of_this_test():
     """The URL of the database this test runs in, for the worker processes."""
-    parts = urlparse(os.environ["DATABASE_URL"])
-    return urlunparse(parts._replace(path="/" + connection.settings_dict["NAME"]))
+    return with_database(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])
 
 
 STARTED = []
