@@ -1,12 +1,12 @@
 """Guards on the schema: migrations match the models, the claim query uses its index."""
 
+import re
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from django_dbq.events.claims import claim_jobs
 from django_dbq.events.models import EventKind
 from django_dbq.models import Job
 from django_dbq.sqlfiles import read_sql
@@ -30,23 +30,32 @@ def test_state_machine__names_every_event_kind():
     assert missing == [], f"dbq_apply_events_v1 does not handle {missing}; add a rule and a _v2"
 
 
+def claim_statement():
+    """The statement inside dbq_claim_jobs_v1, with its parameters as query parameters."""
+    body = read_sql("django_dbq.events", "sql/claims_v1.sql")
+    body = body[body.index("FUNCTION dbq_claim_jobs_v1") :]
+    statement = body[body.index("RETURN QUERY") + len("RETURN QUERY") : body.index(";\nEND")]
+    for name in ("p_queue_name", "max_jobs", "p_worker", "p_host", "p_pid", "lease_seconds"):
+        statement = re.sub(rf"\b{name}\b", f"%({name})s", statement)
+    return statement
+
+
 @pytest.mark.django_db
 def test_claim_query__is_served_by_the_partial_index():
     Job.objects.bulk_create([Job(name="testjob", state="COMPLETE") for _ in range(5000)])
     Job.objects.bulk_create([Job(name="testjob") for _ in range(20)])
-    plans = []
+    params = {
+        "p_queue_name": "default",
+        "max_jobs": 10,
+        "p_worker": "w",
+        "p_host": "h",
+        "p_pid": 1,
+        "lease_seconds": 30,
+    }
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_dbq_job")
-        # The claim runs inside dbq_claim_jobs_v1; auto_explain shows its inner plan.
-        cursor.execute("LOAD 'auto_explain'")
-        cursor.execute(
-            "SET LOCAL auto_explain.log_min_duration = 0;"
-            " SET LOCAL auto_explain.log_nested_statements = on;"
-            " SET LOCAL auto_explain.log_level = notice; SET LOCAL client_min_messages = notice"
-        )
-    connection.connection.add_notice_handler(lambda notice: plans.append(notice.message_primary))
-    claim_jobs("default", 10, "w", "h", 1, 30)
-    plan = next(p for p in plans if "LockRows" in p)
+        cursor.execute("EXPLAIN " + claim_statement(), params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
 
     # The ready jobs come off the index in claim order: no scan of the table, no sort.
     lines = [line.strip() for line in plan.splitlines()]
