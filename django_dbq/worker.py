@@ -1,11 +1,12 @@
 """The worker: claims ready jobs by appending events, runs their tasks, records outcomes.
 
-One loop iteration claims a batch (one statement), runs each job's next task with its
-hooks, and records all outcomes (one statement). The batch starts at one job and
-doubles while batches finish quickly, so fast jobs are claimed many at a time and a
-slow job does not hold others back: what a batch has not started when its time is
-up is released. A heartbeat thread renews the leases of held jobs, returns jobs whose
-lease ran out to their queue, and records `stopping` when a signal arrives.
+One loop iteration records the outcomes of the last batch and claims the next batch
+(one round trip), then runs each job's next task with its hooks. The batch starts at
+one job and doubles while batches finish quickly, so fast jobs are claimed many at a
+time; a slow job does not hold the rest of its batch back: once the batch's time is
+up, the jobs it has not started are released, by the heartbeat thread if the loop
+is inside a long task. The heartbeat also renews the leases of held jobs, returns
+jobs whose lease ran out to their queue, and records `stopping` when a signal arrives.
 """
 
 from __future__ import annotations
@@ -64,13 +65,20 @@ class Worker:
         self.alive = True
         self.current_job: Job | None = None
         self.jobs_run = 0
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.worker_id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self.lease_seconds = conf.lease_seconds()
         self._held: dict[uuid.UUID, Job] = {}
         self._pending: list[Outcome] = []
         self._lock = threading.Lock()
+        # _wake rouses the heartbeat (which clears it); _stop_requested ends the
+        # loop's own waits and stays set.
         self._wake = threading.Event()
+        self._stop_requested = threading.Event()
         self._stopped = threading.Event()
+        self._unstarted: list[Job] = []
+        self._batch_started = 0.0
+        self._batch_ran = 0
         self._signalled = False
         self._stopping_sent: set[uuid.UUID] = set()
         self._batch_size = 1
@@ -93,6 +101,7 @@ class Worker:
             os._exit(1)
         self._signalled = True
         self.alive = False
+        self._stop_requested.set()
         self._wake.set()
 
     def run(self) -> None:
@@ -114,7 +123,7 @@ class Worker:
                         backoff,
                     )
                     connections[self.using].close()
-                    self._wake.wait(backoff)
+                    self._stop_requested.wait(backoff)
         finally:
             self._finish()
             self._stopped.set()
@@ -125,6 +134,7 @@ class Worker:
 
     def process_batch(self) -> None:
         """Record the last batch's outcomes and claim the next batch, then run it."""
+        self._release_unstarted(overdue_only=False)  # left over when a release failed
         jobs = self._claim()
         if not jobs:
             if self.burst:
@@ -132,14 +142,37 @@ class Worker:
             else:
                 self._wait_for_work()
             return
-        started = time.monotonic()
-        for index, job in enumerate(jobs):
-            overdue = index and time.monotonic() - started > conf.batch_seconds()
-            if not self.alive or overdue:
-                self._release(jobs[index:])
-                break
+        with self._lock:
+            self._unstarted, self._batch_started, self._batch_ran = jobs, time.monotonic(), 0
+        while self.alive and (job := self._next_unstarted()) is not None:
             self._run_one(job)
-        self._adapt_batch_size(time.monotonic() - started)
+        self._release_unstarted(overdue_only=False)
+        self._adapt_batch_size(time.monotonic() - self._batch_started)
+
+    def _next_unstarted(self) -> Job | None:
+        """The batch's next job, unless the batch is out of time after its first job."""
+        with self._lock:
+            if not self._unstarted or (self._batch_ran and self._batch_overdue()):
+                return None
+            self._batch_ran += 1
+            return self._unstarted.pop(0)
+
+    def _batch_overdue(self) -> bool:
+        return time.monotonic() - self._batch_started > conf.batch_seconds()
+
+    def _release_unstarted(self, overdue_only: bool) -> None:
+        """Give back the batch's jobs not started yet (from the heartbeat: once it is overdue)."""
+        with self._lock:
+            if overdue_only and not self._batch_overdue():
+                return
+            jobs, self._unstarted = self._unstarted, []
+        if jobs:
+            try:
+                self._release(jobs)
+            except DatabaseError:
+                with self._lock:  # still claimed: the loop may run them after all
+                    self._unstarted[:0] = jobs
+                raise
 
     def _claim(self) -> list[Job]:
         limit = 1 if self.rate_limit_in_seconds else self._batch_size
@@ -156,8 +189,8 @@ class Worker:
             [(o.job.pk, o.kind, o.payload) for o in outcomes],
             self.queue_name,
             limit,
-            socket.gethostname(),
-            os.getpid(),
+            self.host,
+            self.pid,
             self.lease_seconds,
             using=self.using,
         )
@@ -205,7 +238,7 @@ class Worker:
             self.alive = False
         if self.rate_limit_in_seconds and self.alive:
             self._flush()
-            self._wake.wait(self.rate_limit_in_seconds)
+            self._stop_requested.wait(self.rate_limit_in_seconds)
 
     def _flush(self) -> None:
         """Record the outcomes of finished jobs in one statement."""
@@ -308,27 +341,33 @@ class Worker:
                 time.sleep(0.5 * (attempt + 1))
 
     def _heartbeat(self) -> None:
-        """Renew leases, expire other workers' lapsed leases, and record `stopping`."""
+        """Renew leases, expire lapsed leases, release an overdue batch, record `stopping`."""
         renew_every = self.lease_seconds / 3
-        check_every = min(renew_every, 5.0)
-        last_renewal = time.monotonic()
+        expire_every = min(renew_every, 5.0)
+        last_renewal = last_expiry = time.monotonic()
         try:
             while not self._stopped.is_set():
-                self._wake.wait(check_every)
+                # Wakes at the batch's pace to release an overdue batch; the queries
+                # below run at their own intervals.
+                self._wake.wait(min(expire_every, conf.batch_seconds()))
                 self._wake.clear()
                 if self._stopped.is_set():
                     return
                 try:
                     self._record_stopping()
-                    if time.monotonic() - last_renewal >= renew_every:
+                    self._release_unstarted(overdue_only=True)
+                    now = time.monotonic()
+                    if now - last_renewal >= renew_every:
                         with self._lock:
                             held = list(self._held)
                         renew_leases(self.worker_id, held, self.lease_seconds, using=self.using)
-                        last_renewal = time.monotonic()
-                    for job_id in expire_leases(self.worker_id, using=self.using):
-                        logger.warning(
-                            "event=lease_expired job=%s noticed_by=%s", job_id, self.worker_id
-                        )
+                        last_renewal = now
+                    if now - last_expiry >= expire_every:
+                        last_expiry = now
+                        for job_id in expire_leases(self.worker_id, using=self.using):
+                            logger.warning(
+                                "event=lease_expired job=%s noticed_by=%s", job_id, self.worker_id
+                            )
                 except DatabaseError as exc:
                     logger.warning(
                         "event=database_error worker=%s error=%r while=heartbeat",

@@ -359,3 +359,21 @@ def test_worker__logs_each_transition_as_key_value_pairs(caplog):
     assert events == ["event=started", "event=task_done", "event=started", "event=completed"]
     assert all(f"job={job.id}" in line for line in lines)
     assert "name='twotasks'" in lines[0] and "attempt=1" in lines[0]
+
+
+def test_worker__a_long_task_does_not_hold_the_rest_of_its_batch(settings, runs_file):
+    settings.DBQ_BATCH_SECONDS = 0.2
+    slow = Job.objects.create(name="counted_once", workspace={"sleep": 2}, priority=5)
+    quick = Job.objects.bulk_create([Job(name="testjob") for _ in range(4)])
+    first = Worker(burst=True, handle_signals=False)
+    first._batch_size = 5
+    thread = in_thread(first)
+    time.sleep(0.8)  # the slow job runs; its batch's time is up
+
+    drain()  # a second worker
+
+    assert Job.objects.filter(pk__in=[j.pk for j in quick], state="COMPLETE").count() == 4
+    assert Job.objects.get(pk=slow.pk).state == Job.STATES.PROCESSING
+    thread.join(timeout=10)
+    assert Job.objects.get(pk=slow.pk).state == Job.STATES.COMPLETE
+    assert {kinds(job)[2] for job in quick} == {"released"}
