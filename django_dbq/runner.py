@@ -108,13 +108,11 @@ def run_task(job: Job, worker: str) -> Outcome:
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are recorded too
         error = exc
         logger.exception("Job id=%s failed", job.pk)
-        if _retries_left(plan, job, exc):
+        retry_at = _retry_at(plan, job, exc)
+        if retry_at is not None:
             # The failure hook waits for the last attempt; the job resumes at this
             # task with the workspace it had before it.
             job.state = job.STATES.READY
-            retry_at = timezone.now() + timedelta(
-                seconds=retry_delay(plan.config, job.attempts + 1, job)
-            )
         else:
             job.state = job.STATES.FAILED
             if plan and plan.failure_hook:
@@ -123,28 +121,21 @@ def run_task(job: Job, worker: str) -> Outcome:
         if plan and plan.post_task_hook:
             _run_hook(plan.post_task_hook, "post-task hook", job)
     duration = time.perf_counter() - started
-    if retry_at is not None:
-        return _retried(job, task, worker, duration, error, retry_at)
-    return _outcome(job, task, worker, duration, error)
+    return _outcome(job, task, worker, duration, error, retry_at)
 
 
-def _retries_left(plan: _Plan | None, job: Job, error: BaseException) -> bool:
+def _retry_at(plan: _Plan | None, job: Job, error: BaseException) -> datetime | None:
+    """When a failed attempt runs again, or None when the job has no retry left."""
     # Only an ordinary exception is retried; SystemExit and friends stop the worker.
-    return plan is not None and isinstance(error, Exception) and job.attempts < plan.retries
-
-
-def _retried(
-    job: Job, task: str, worker: str, duration: float, error: Any, retry_at: datetime
-) -> Outcome:
-    payload = {
-        "task": task,
-        "worker": worker,
-        "duration": round(duration, 6),
-        "error": _describe(error),
-        "attempt": job.attempts + 1,
-        "run_after": retry_at.isoformat(),
-    }
-    return Outcome(job, "retried", jsonutil.dumps(payload))
+    if plan is None or not isinstance(error, Exception) or job.attempts >= plan.retries:
+        return None
+    try:
+        delay = retry_delay(plan.config, job.attempts + 1, job)
+    except Exception:
+        # A backoff function that fails must not take the worker down; the job fails.
+        logger.exception("The retry backoff of job id=%s raised; the job fails", job.pk)
+        return None
+    return timezone.now() + timedelta(seconds=delay)
 
 
 def _following_task(plan: _Plan, job_name: str, task: str) -> str | None:
@@ -170,9 +161,20 @@ def _safe(call: Callable[[], Any], job: Job, what: str) -> Any:
 
 
 def _outcome(
-    job: Job, task: str, worker: str, duration: float, error: BaseException | None
+    job: Job,
+    task: str,
+    worker: str,
+    duration: float,
+    error: BaseException | None,
+    retry_at: datetime | None = None,
 ) -> Outcome:
     payload: dict[str, Any] = {"task": task, "worker": worker, "duration": round(duration, 6)}
+    if retry_at is not None:
+        # No workspace: the next attempt starts from the one the job had.
+        payload.update(
+            error=_describe(error), attempt=job.attempts + 1, run_after=retry_at.isoformat()
+        )
+        return Outcome(job, "retried", jsonutil.dumps(payload))
     if error is not None:
         kind = "failed"
         payload["error"] = _describe(error)

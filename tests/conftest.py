@@ -49,3 +49,20 @@ def listen():
     conn = psycopg.connect(**params, autocommit=True)
     conn.execute("LISTEN django_dbq")
     return conn
+
+
+def in_thread(worker):
+    """Run a worker in a thread that closes its own database connection."""
+    import threading
+
+    from django.db import connection
+
+    def target():
+        try:
+            worker.run()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread

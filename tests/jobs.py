@@ -118,3 +118,7 @@ def flaky_task(job):
 
 def backoff_of_attempt(job, attempt):
     return 100 * attempt
+
+
+def broken_backoff(job, attempt):
+    raise ZeroDivisionError("backoff bug")

@@ -1,18 +1,17 @@
 """Bad input and abuse: odd names, JSON edge cases, oversized notifications, ORM writes to the ledger."""
 
 import math
-import threading
 import time
 
 import orjson
 import pytest
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
 
 from django_dbq.exceptions import InvalidJobError, UnknownJobError
 from django_dbq.models import Job, JobEvent
 from django_dbq.projections.replay import verify_projection
 from django_dbq.worker import Worker
-from tests.conftest import listen
+from tests.conftest import in_thread, listen
 
 ODD_QUEUES = ["q'uote", "semi;colon --", 'back\\slash"', "ünïcödé", "emoji 😀", "$1 %s {}"]
 ODD_JOB = "it's; DROP TABLE django_dbq_job; --"
@@ -68,15 +67,7 @@ def test_notify__too_many_queues_for_one_payload_sends_a_wildcard_that_wakes_wor
     settings.DBQ_POLL_SECONDS = 30
     conn = listen()
     worker = Worker("q0399-" + "z" * 14, max_jobs=1, handle_signals=False)
-
-    def run():
-        try:
-            worker.run()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread = in_thread(worker)
     time.sleep(0.5)
     try:
         names = [f"q{n:04d}-" + "z" * 14 for n in range(400)]

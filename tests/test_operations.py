@@ -189,3 +189,33 @@ def test_cancel_and_requeue_commands__select_by_queue_name_and_state():
         call_command("cancel_jobs")
     with pytest.raises(CommandError, match="Unknown state"):
         call_command("cancel_jobs", "--state", "LOST")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retries__a_backoff_that_raises_fails_the_job_and_the_worker_goes_on(settings):
+    settings.JOBS = {
+        **settings.JOBS,
+        "flaky": {**settings.JOBS["flaky"], "retry_backoff": "tests.jobs.broken_backoff"},
+    }
+    job = Job.objects.create(name="flaky", workspace={"fail_times": 1})
+    after = Job.objects.create(name="testjob")
+
+    drain()
+
+    assert Job.objects.get(pk=job.pk).state == Job.STATES.FAILED
+    assert Job.objects.get(pk=after.pk).state == Job.STATES.COMPLETE
+
+
+@pytest.mark.django_db
+def test_save__may_move_a_finished_job_to_cancelled_and_back():
+    job = Job.objects.create(name="testjob", state="FAILED")
+
+    job.state = Job.STATES.CANCELLED
+    job.save()
+    job.state = Job.STATES.READY
+    job.save()
+
+    assert [e.payload for e in job.events.filter(kind="updated")] == [
+        {"state": "CANCELLED"},
+        {"state": "READY"},
+    ]

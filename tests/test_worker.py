@@ -1,6 +1,5 @@
 """The worker loop, in process, against a real PostgreSQL."""
 
-import threading
 import time
 from datetime import timedelta
 
@@ -15,7 +14,7 @@ from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
 from django_dbq.worker import Worker
 from tests import jobs as test_jobs
-from tests.conftest import listen
+from tests.conftest import in_thread, listen
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,20 +22,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def clear_calls():
     test_jobs.CALLS.clear()
-
-
-def in_thread(worker):
-    """Run the worker in a thread that closes its own database connection."""
-
-    def target():
-        try:
-            worker.run()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread
 
 
 def drain(queue="default", **kwargs):

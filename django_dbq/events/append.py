@@ -72,7 +72,7 @@ def append_events(
 
 
 def delete_old_jobs(created_before: datetime, using: str = DEFAULT_DB_ALIAS) -> int:
-    """Remove the whole histories of COMPLETE and FAILED jobs created before a time."""
+    """Remove the whole histories of COMPLETE, FAILED and CANCELLED jobs created before a time."""
     with connections[using].cursor() as cursor:
         cursor.execute(_queries()["events_delete_old_jobs"], {"created_before": created_before})
         return cursor.fetchone()[0]

@@ -1,6 +1,7 @@
 """The worker's side of the ledger: claim, record outcomes, renew and expire leases.
 
-Each function is one statement; none holds a transaction open across a task.
+Each function is one round trip (record_and_claim sends two statements in it);
+none holds a transaction open across a task.
 """
 
 from __future__ import annotations

@@ -194,7 +194,8 @@ class Job(models.Model):
         """
         from django_dbq.events.operations import cancel_jobs
 
-        kind = cancel_jobs([self.pk], reason, using=self._state.db or "default").get(self.pk)
+        using = self._state.db or router.db_for_write(Job, instance=self)
+        kind = cancel_jobs([self.pk], reason, using=using).get(self.pk)
         self.refresh_from_db()
         return kind
 
@@ -202,7 +203,8 @@ class Job(models.Model):
         """Put a FAILED or CANCELLED job back in its queue, resuming at its next task."""
         from django_dbq.events.operations import requeue_jobs
 
-        done = self.pk in requeue_jobs([self.pk], reason, using=self._state.db or "default")
+        using = self._state.db or router.db_for_write(Job, instance=self)
+        done = self.pk in requeue_jobs([self.pk], reason, using=using)
         self.refresh_from_db()
         return done
 

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 TRACKED_FIELDS = ("name", "state", "next_task", "workspace", "queue_name", "priority", "run_after")
 CREATE_STATES = ("NEW", "READY", "FAILED", "COMPLETE")
-SAVE_STATES = ("NEW", "READY", "FAILED", "COMPLETE")
+# The states no worker holds, among which save() may move a job (as the state machine does).
+SAVE_STATES = (*CREATE_STATES, "CANCELLED")
 SMALLINT_RANGE = (-32768, 32767)
 
 
