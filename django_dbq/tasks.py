@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 
 from django_dbq.exceptions import UnknownJobError
+from django_dbq.taskrun import TASK_JOB, TASK_JOB_CONFIG
 
 TASK_LIST_KEY = "tasks"
 PRE_TASK_HOOK_KEY = "pre_task_hook"
@@ -27,8 +28,6 @@ def get_jobs_setting() -> dict[str, Any]:
 
 def get_job_config(job_name: str) -> dict[str, Any]:
     """Return the job's config in dict form, or raise UnknownJobError naming the known jobs."""
-    from django_dbq.taskrun import TASK_JOB, TASK_JOB_CONFIG
-
     if job_name == TASK_JOB:
         # Built in: runs Django Tasks' @task functions (django_dbq.backends.LedgerBackend).
         return TASK_JOB_CONFIG
