@@ -111,9 +111,7 @@ class JobEvent(models.Model):
                 operation=pgtrigger.Insert,
                 referencing=pgtrigger.Referencing(new="new_events"),
                 func="""
-                PERFORM dbq_notify_waiting_v1(dbq_apply_statement_v1(
-                    ARRAY(SELECT e::django_dbq_jobevent FROM new_events e)
-                ));
+                PERFORM dbq_apply_statement_v2(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));
                 RETURN NULL;
                 """,
             ),
