@@ -26,13 +26,25 @@ from common import (
 )
 
 
-def enqueue_one_by_one(count: int) -> float:
+def enqueue_one_by_one(count: int, prepare_threshold: int | None = None) -> float:
+    """Job.objects.create in a loop; with prepare_threshold set in the database's
+    OPTIONS (as a user would in settings) the INSERT is prepared once, as it would
+    be after that many runs."""
+    from django.db import connection
+
     from django_dbq.models import Job
 
-    started = time.perf_counter()
-    for _ in range(count):
-        Job.objects.create(name="noop", queue_name="q0")
-    return count / (time.perf_counter() - started)
+    connection.close()
+    connection.settings_dict["OPTIONS"]["prepare_threshold"] = prepare_threshold
+    try:
+        Job.objects.create(name="noop", queue_name="q0")  # connect outside the timing
+        started = time.perf_counter()
+        for _ in range(count):
+            Job.objects.create(name="noop", queue_name="q0")
+        return count / (time.perf_counter() - started)
+    finally:
+        connection.close()
+        del connection.settings_dict["OPTIONS"]["prepare_threshold"]
 
 
 def enqueue_bulk(count: int, name: str, queues: int) -> float:
@@ -97,10 +109,11 @@ def main() -> None:
     enqueue_bulk(2000, name, args.queues)  # warm-up
     drain(args.workers, args.queues)
 
-    single, bulk, jobs_s, events_s = [], [], [], []
+    single, prepared, bulk, jobs_s, events_s = [], [], [], [], []
     for _ in range(args.repeats):
         reset()
         single.append(enqueue_one_by_one(args.one_by_one))
+        prepared.append(enqueue_one_by_one(args.one_by_one, prepare_threshold=5))
         # The one-by-one jobs are drained too, so the bulk run starts from an empty queue.
         drain(args.workers, 1)
         reset()
@@ -123,6 +136,7 @@ def main() -> None:
         "drain_events_per_s": summary(events_s),
         "enqueue_bulk_jobs_per_s": summary(bulk),
         "enqueue_one_by_one_jobs_per_s": summary(single),
+        "enqueue_one_by_one_prepared_jobs_per_s": summary(prepared),
         "claim_batch": args.batch,
         "claim_ms_p50": percentile(claims, 50),
         "claim_ms_p99": percentile(claims, 99),
@@ -138,6 +152,10 @@ def main() -> None:
             ("drain (events/s)", result["drain_events_per_s"]),
             ("bulk enqueue (jobs/s)", result["enqueue_bulk_jobs_per_s"]),
             ("Job.objects.create one by one (jobs/s)", result["enqueue_one_by_one_jobs_per_s"]),
+            (
+                "  the same, OPTIONS prepare_threshold=5",
+                result["enqueue_one_by_one_prepared_jobs_per_s"],
+            ),
             (
                 f"claim of {args.batch}, p50 / p99",
                 f"{result['claim_ms_p50']:.2f} / {result['claim_ms_p99']:.2f} ms",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.backends.postgresql.base import ServerBindingCursor
+from django.db.backends.utils import CursorWrapper
 
 from django_dbq.clock import from_epoch
 from django_dbq.exceptions import JobGoneError
@@ -41,11 +44,40 @@ def encode_events(events: Sequence[tuple[uuid.UUID, str, str]]) -> str:
     ).decode()
 
 
+@contextmanager
+def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
+    """A Django cursor that sends parameters apart from the statement (server-side binding).
+
+    Django's default cursor inlines the parameters, so no statement can be
+    prepared. This one lets psycopg prepare a statement it runs often when the
+    database's OPTIONS allow it ("prepare_threshold"; Django turns preparing off
+    by default for the sake of connection poolers). Errors, query logging and
+    execute wrappers are Django's, as with connection.cursor().
+    """
+    connection = connections[using]
+    if connection.settings_dict["OPTIONS"].get("server_side_binding") is True:
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        raw = ServerBindingCursor(connection.connection)
+    cursor = (
+        connection.make_debug_cursor(raw)
+        if connection.queries_logged
+        else connection.make_cursor(raw)
+    )
+    with cursor:
+        yield cursor
+
+
 def append_created(
     events: Sequence[dict[str, Any]], using: str = DEFAULT_DB_ALIAS
 ) -> dict[uuid.UUID, datetime]:
     """Append `created` events ({job_id, payload} dicts) in one statement; return each job's time."""
-    with connections[using].cursor() as cursor:
+    with bound_cursor(using) as cursor:
         cursor.execute(
             _queries()["events_insert_created"], {"events": orjson.dumps(events).decode()}
         )
