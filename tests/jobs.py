@@ -19,6 +19,13 @@ def creation_hook(job):
     job.workspace["hooked"] = True
 
 
+def querying_creation_hook(job):
+    """A hook that reads the database, as hooks that look things up do."""
+    from django_dbq.models import Job
+
+    job.workspace["waiting"] = Job.objects.filter(state="NEW").count()
+
+
 def failing_creation_hook(job):
     raise RuntimeError("creation hook refused the job")
 

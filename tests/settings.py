@@ -61,6 +61,10 @@ JOBS = {
         "tasks": ["tests.jobs.task_one"],
         "creation_hook": "tests.jobs.creation_hook",
     },
+    "querying": {
+        "tasks": ["tests.jobs.task_one"],
+        "creation_hook": "tests.jobs.querying_creation_hook",
+    },
     "hooks": {
         "tasks": ["tests.jobs.recorded_task"],
         "pre_task_hook": "tests.jobs.pre_task_hook",

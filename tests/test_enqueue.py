@@ -108,6 +108,40 @@ def test_bulk_create__skips_a_job_whose_creation_hook_raises(count_rows):
     assert count_rows("django_dbq_job") == count_rows("django_dbq_jobevent") == 1
 
 
+def test_bulk_create__many_batches_stream_in_one_logged_call_and_keep_their_order():
+    jobs = [Job(name="testjob", workspace={"n": n}) for n in range(1100)]
+
+    with CaptureQueriesContext(connection) as queries:
+        created = Job.objects.bulk_create(jobs)
+
+    (insert,) = [q for q in queries.captured_queries if "INSERT" in q["sql"]]
+    assert "3 times" in insert["sql"]
+    assert created == jobs
+    stored = list(Job.objects.order_by("created"))
+    assert [job.workspace["n"] for job in stored] == list(range(1100))
+    assert [job.created for job in stored] == [job.created for job in created]
+
+
+def test_bulk_create__a_bad_workspace_in_a_later_batch_writes_nothing(count_rows):
+    jobs = [Job(name="testjob") for _ in range(1200)]
+    jobs[-1].workspace = {"x": math.nan}
+
+    with pytest.raises(InvalidJobError, match="NaN"):
+        Job.objects.bulk_create(jobs)
+
+    assert count_rows("django_dbq_jobevent") == count_rows("django_dbq_job") == 0
+    assert len(Job.objects.bulk_create([Job(name="testjob") for _ in range(600)])) == 600
+
+
+def test_bulk_create__creation_hooks_may_query_the_database_in_a_long_call():
+    Job.objects.create(name="testjob")
+
+    created = Job.objects.bulk_create([Job(name="querying") for _ in range(1200)])
+
+    assert {job.workspace["waiting"] for job in created} == {1}
+    assert Job.objects.count() == 1201
+
+
 def test_bulk_create__in_batches():
     created = Job.objects.bulk_create([Job(name="testjob") for _ in range(7)], batch_size=3)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -82,6 +82,55 @@ def append_created(
             _queries()["events_insert_created"], {"events": orjson.dumps(events).decode()}
         )
         return {job_id: from_epoch(seconds) for job_id, seconds in cursor.fetchall()}
+
+
+class _Batches:
+    """Batches of events, encoded one at a time as the pipeline asks for them."""
+
+    def __init__(self, batches: Iterable[Sequence[dict[str, Any]]], count: int) -> None:
+        self._batches = batches
+        self._count = count
+
+    def __len__(self) -> int:  # for Django's query log ("... times")
+        return self._count
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        for events in self._batches:
+            yield {"events": orjson.dumps(events).decode()}
+
+
+def append_created_batches(
+    batches: Iterable[Sequence[dict[str, Any]]], count: int, using: str = DEFAULT_DB_ALIAS
+) -> dict[uuid.UUID, datetime]:
+    """Append `created` events batch by batch, one statement each, in one pipeline.
+
+    The statements go out as the batches are produced (psycopg's executemany
+    pipelines them), so the server inserts one batch while the caller prepares
+    the next. Call it inside a transaction: an error in a later batch must undo
+    the earlier ones.
+    """
+    times: dict[uuid.UUID, datetime] = {}
+
+    def run(sql: str, params: Any, many: bool, context: dict[str, Any]) -> None:
+        raw = context["cursor"].cursor
+        with connections[using].wrap_database_errors:
+            raw.executemany(sql, params, returning=True)
+            while True:
+                times.update((job_id, from_epoch(at)) for job_id, at in raw.fetchall())
+                if not raw.nextset():
+                    break
+
+    with bound_cursor(using) as cursor:
+        sql = _queries()["events_insert_created"]
+        params = _Batches(batches, count)
+        if connections[using].queries_logged:
+            with cursor.debug_sql(sql, params, many=True):
+                cursor._execute_with_wrappers(sql, params, many=True, executor=run)
+        else:
+            # Django's own executemany cannot return rows; this runs the
+            # connection's execute wrappers around the pipelined statements all the same.
+            cursor._execute_with_wrappers(sql, params, many=True, executor=run)
+    return times
 
 
 def append_events(

@@ -7,10 +7,9 @@ the fix and nothing is written; the database checks the same rules again.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,7 +19,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
-from django_dbq.events.append import append_created, append_events
+from django_dbq.events.append import append_created, append_created_batches, append_events
 from django_dbq.exceptions import InvalidJobError, JobConfigError
 
 if TYPE_CHECKING:
@@ -35,25 +34,43 @@ SAVE_STATES = (*CREATE_STATES, "CANCELLED")
 SMALLINT_RANGE = (-32768, 32767)
 
 
+# bulk_create sends its jobs in statements of this many, pipelined: the server
+# inserts one batch while the next is encoded.
+PIPELINE_BATCH = 500
+
+
 def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None) -> list[Job]:
     """Create jobs: one `created` event each, one INSERT per batch; return the jobs created.
 
-    Every job is checked and encoded before anything is written, so one bad job
-    leaves the whole call without effect. Each job's creation hook runs first, as
-    in django-db-queue; a job whose hook raises is logged and not created.
+    Every job is checked, and its creation hook run, before anything is written,
+    so one bad job leaves the whole call without effect (as in django-db-queue, a
+    job whose hook raises is logged and not created). A call of more than one
+    batch then runs in a transaction and sends each batch while the next is
+    encoded, so that the server and Python work at the same time; the hooks run
+    before, since the connection cannot serve them while the batches stream.
     """
     plans: dict[str, tuple[str, str | None]] = {}
     ready = [job for job in jobs if _prepare_new(job, plans)]
-    encoded = [jsonutil.encode_workspace(job.workspace) for job in ready]
-    events = [
-        {"job_id": job.pk, "payload": _created_payload(job, workspace)}
-        for job, workspace in zip(ready, encoded, strict=True)
-    ]
-    size = batch_size or len(events) or 1
-    with transaction.atomic(using) if len(events) > size else contextlib.nullcontext():
-        times: dict[Any, datetime.datetime] = {}
-        for start in range(0, len(events), size):
-            times.update(append_created(events[start : start + size], using=using))
+    size = batch_size or PIPELINE_BATCH
+    encoded: list[bytes] = []
+
+    def batches() -> Iterator[list[dict[str, Any]]]:
+        for start in range(0, len(ready), size):
+            batch = ready[start : start + size]
+            workspaces = [jsonutil.encode_workspace(job.workspace) for job in batch]
+            encoded.extend(workspaces)
+            yield [
+                {"job_id": job.pk, "payload": _created_payload(job, workspace)}
+                for job, workspace in zip(batch, workspaces, strict=True)
+            ]
+
+    if not ready:
+        return ready
+    if len(ready) <= size:
+        times = append_created(next(batches()), using=using)
+    else:
+        with transaction.atomic(using):
+            times = append_created_batches(batches(), -(-len(ready) // size), using=using)
     for job, workspace in zip(ready, encoded, strict=True):
         _mark_saved(job, using, version=1, at=times[job.pk], created=True, workspace=workspace)
     return ready
