@@ -2,11 +2,13 @@
 
 import uuid
 
+import pgtrigger
 import psycopg
 import pytest
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from django_dbq.models import Job
+from django_dbq.projections.replay import verify_projection
 from tests.factories import JobFactory
 
 pytestmark = pytest.mark.django_db
@@ -148,3 +150,13 @@ def test_apply__one_statement_applies_events_of_many_jobs():
         [[job.id for job in jobs]],
     )
     assert set(Job.objects.values_list("state", flat=True)) == {"PROCESSING"}
+
+
+def test_apply__cannot_be_switched_off_with_pgtrigger_ignore():
+    # A statement the trigger skipped would leave a ledger that replay does not match.
+    job = JobFactory()
+    with pgtrigger.ignore("django_dbq.JobEvent:apply_events"):
+        insert_event(job.id, 2, "claimed", '{"worker": "w1"}')
+
+    assert Job.objects.get(pk=job.pk).state == "PROCESSING"
+    assert verify_projection().ok

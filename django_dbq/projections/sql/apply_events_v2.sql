@@ -1,22 +1,30 @@
--- The ledger trigger's way into the projection, second version. Installed by
--- migration 0003; the state machine and the set-based apply function stay those
--- of apply_events_v1.sql (dbq_next_state_v1, dbq_apply_events_v1).
+-- The ledger trigger's function, second version. Installed by migration 0003; the
+-- state machine and the set-based apply function stay those of
+-- apply_events_v1.sql (dbq_next_state_v1, dbq_apply_events_v1).
 --
--- What changed from dbq_apply_statement_v1: a statement that only creates jobs
--- (Job.objects.create, bulk_create) inserts its projection rows in one statement
--- that does not read the projection first: a new job's row follows from its
--- `created` event alone, and the primary key tells whether the job existed. The
--- wake-up NOTIFY is sent from here, so the trigger makes one call.
+-- What changed from the v1 path (pgtrigger's function -> dbq_apply_statement_v1
+-- -> dbq_apply_events_v1, then dbq_notify_waiting_v1):
+-- * the trigger executes this function itself (see JobEvent.Meta.triggers), so
+--   one function call serves a statement, and pgtrigger.ignore() cannot switch
+--   the projection's upkeep off: a skipped statement would leave rows that
+--   replay does not reproduce;
+-- * a statement that only creates jobs (Job.objects.create, bulk_create)
+--   inserts its projection rows straight from the transition table, without
+--   reading the projection first: a new job's row follows from its `created`
+--   event alone, and the primary key tells whether the job existed;
+-- * the wake-up NOTIFY is sent from here.
 
--- dbq_apply_statement_v2: apply the events of one ledger INSERT to the projection
--- and wake idle workers once (channel django_dbq, payload a JSON array of the
--- queues in which jobs now wait, or '*' when the list would not fit). It runs with
--- the rights of the tables' owner (SECURITY DEFINER), so roles that may only
--- append events still get their projection rows written; it refuses to be called
--- other than from a trigger. A statement brings few events, and re-planning each
--- query for each exact array costs more than it saves, so plans stay generic.
-CREATE OR REPLACE FUNCTION dbq_apply_statement_v2(events django_dbq_jobevent[])
-RETURNS void
+-- dbq_apply_events_v2: the AFTER INSERT ... FOR EACH STATEMENT trigger function
+-- of django_dbq_jobevent (transition table new_events). It applies the
+-- statement's events to the projection and wakes idle workers once (channel
+-- django_dbq, payload a JSON array of the queues in which jobs now wait, or '*'
+-- when the list would not fit). It runs with the rights of the tables' owner
+-- (SECURITY DEFINER), so roles that may only append events still get their
+-- projection rows written; PostgreSQL calls a trigger function only as a
+-- trigger. A statement brings few events, and re-planning each query for each
+-- statement costs more than it saves, so plans stay generic.
+CREATE OR REPLACE FUNCTION dbq_apply_events_v2()
+RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path FROM CURRENT
@@ -27,20 +35,14 @@ DECLARE
     waiting text[];
     payload text;
 BEGIN
-    IF pg_trigger_depth() = 0 THEN
-        RAISE EXCEPTION 'django_dbq: dbq_apply_statement_v2 is for the ledger trigger only'
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Append events to django_dbq_jobevent; its trigger applies them.';
-    END IF;
-
     IF NOT EXISTS (
-        SELECT FROM unnest(events) e
+        SELECT FROM new_events e
         WHERE e.kind <> 'created' OR e.version <> 1
            OR COALESCE(e.payload ->> 'state', 'NEW') NOT IN
                ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE')
     ) THEN
         -- Only new jobs, each created at version 1 in a known state: their rows
-        -- are the events' payloads, the same columns dbq_apply_events_v1 writes.
+        -- are the events' payloads, the columns dbq_apply_events_v1 writes.
         PERFORM set_config('dbq.applying', 'on', true);
         WITH added AS (
             INSERT INTO django_dbq_job (
@@ -63,7 +65,7 @@ BEGIN
                    NULL,
                    COALESCE((e.payload ->> 'attempts')::integer, 0),
                    false
-            FROM unnest(events) e
+            FROM new_events e
             -- A job that exists already is left alone here and refused below.
             ON CONFLICT (id) DO NOTHING
             RETURNING queue_name, state
@@ -72,14 +74,16 @@ BEGIN
         INTO inserted, waiting
         FROM added;
         PERFORM set_config('dbq.applying', '', true);
-        IF inserted <> cardinality(events) THEN
+        IF inserted <> (SELECT count(*) FROM new_events) THEN
             -- Raises "job ... already exists; a job is created once".
-            PERFORM dbq_refuse_events_v1(events);
-            RAISE EXCEPTION 'django_dbq: % of % created events made a job', inserted, cardinality(events)
+            PERFORM dbq_refuse_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));
+            RAISE EXCEPTION 'django_dbq: a created event names a job that exists already'
                 USING ERRCODE = 'unique_violation';
         END IF;
     ELSE
-        waiting := ARRAY(SELECT DISTINCT unnest(dbq_apply_events_v1(events)));
+        waiting := ARRAY(SELECT DISTINCT unnest(dbq_apply_events_v1(
+            ARRAY(SELECT e::django_dbq_jobevent FROM new_events e)
+        )));
     END IF;
 
     IF cardinality(waiting) > 0 THEN
@@ -90,5 +94,6 @@ BEGIN
         END IF;
         PERFORM pg_notify('django_dbq', payload);
     END IF;
+    RETURN NULL;
 END
 $$;

@@ -1,15 +1,14 @@
-"""The ledger trigger calls dbq_apply_statement_v2: statements that only create jobs
-insert their projection rows without reading the projection first (see
-projections/sql/apply_events_v2.sql). The v1 functions stay installed; replay and
-the other statements still apply through dbq_apply_events_v1."""
+"""The ledger's trigger executes dbq_apply_events_v2 (projections/sql/apply_events_v2.sql):
+statements that only create jobs insert their projection rows without reading the
+projection first, and one SECURITY DEFINER trigger function serves each statement.
+The v1 functions stay installed; other statements and replay still apply through
+dbq_apply_events_v1."""
 
 import pgtrigger.compiler
 import pgtrigger.migrations
 from django.db import migrations
 
 from django_dbq.sqlfiles import read_sql
-
-SIGNATURE = "dbq_apply_statement_v2(django_dbq_jobevent[])"
 
 
 def install_functions(apps, schema_editor):
@@ -19,7 +18,7 @@ def install_functions(apps, schema_editor):
 
 
 def drop_functions(apps, schema_editor):
-    schema_editor.execute(f"DROP FUNCTION IF EXISTS {SIGNATURE}", params=None)
+    schema_editor.execute("DROP FUNCTION IF EXISTS dbq_apply_events_v2()", params=None)
 
 
 class Migration(migrations.Migration):
@@ -38,8 +37,9 @@ class Migration(migrations.Migration):
             trigger=pgtrigger.compiler.Trigger(
                 name="apply_events",
                 sql=pgtrigger.compiler.UpsertTriggerSql(
-                    func="\n                PERFORM dbq_apply_statement_v2(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));\n                RETURN NULL;\n                ",
-                    hash="1aab9c43162d219148656d8842689e7a1e583fe8",
+                    execute="dbq_apply_events_v2()",
+                    func="RETURN NULL;",
+                    hash="9a0b0fa4793554cd44eefda5d6afb9f71c3be01e",
                     level="STATEMENT",
                     operation="INSERT",
                     pgid="pgtrigger_apply_events_0dd6f",
