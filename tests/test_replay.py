@@ -1,6 +1,7 @@
 """Replay equals live: the projection rebuilt from the ledger is the live one."""
 
 import random
+import uuid
 from datetime import timedelta
 from io import StringIO
 
@@ -366,3 +367,51 @@ def test_replay__keeps_the_projection_indexes():
 
     assert indexes() == before
     assert {row[0] for row in before} >= {"django_dbq_job_claimable", "django_dbq_job_leased"}
+
+
+CREATED_PAYLOADS = [
+    {"name": "testjob"},
+    {"name": "testjob", "state": "READY", "queue_name": "other", "priority": -3},
+    {"name": "testjob", "workspace": None, "next_task": "tests.jobs.task_one"},
+    {"name": "testjob", "workspace": {"a": [1, 2]}, "run_after": "2030-01-01T00:00:00+00:00"},
+    # As migration 0002 imports django-db-queue's rows.
+    {
+        "name": "testjob",
+        "state": "FAILED",
+        "imported": True,
+        "created": "2020-01-01T00:00:00+00:00",
+        "modified": "2020-01-02T00:00:00+00:00",
+        "attempts": 2,
+    },
+]
+
+
+def test_replay__created_rows_are_the_same_on_both_trigger_paths():
+    JobFactory()
+    Job.objects.bulk_create([Job(name="testjob", priority=2) for _ in range(3)])
+    with connection.cursor() as cursor:
+        rows = [(uuid.uuid4(), p) for p in CREATED_PAYLOADS]
+        cursor.execute(
+            "INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)"
+            " SELECT id, 1, 'created', p FROM unnest(%s::uuid[], %s::jsonb[]) AS t(id, p)",
+            [[r[0] for r in rows], [orjson.dumps(r[1]).decode() for r in rows]],
+        )
+        waiting = JobFactory()
+        mixed = [(uuid.uuid4(), p) for p in CREATED_PAYLOADS]
+        cursor.execute(
+            "INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)"
+            " SELECT id, 1, 'created', p FROM unnest(%s::uuid[], %s::jsonb[]) AS t(id, p)"
+            " UNION ALL SELECT %s, 2, 'claimed', '{\"worker\": \"w\"}'",
+            [[r[0] for r in mixed], [orjson.dumps(r[1]).decode() for r in mixed], waiting.id],
+        )
+    short = Job.objects.in_bulk([r[0] for r in rows])
+    general = Job.objects.in_bulk([r[0] for r in mixed])
+    columns = [f.attname for f in Job._meta.concrete_fields if f.attname not in ("id",)]
+    for (a_id, _), (b_id, _) in zip(rows, mixed, strict=True):
+        a, b = short[a_id], general[b_id]
+        differ = {c for c in columns if getattr(a, c) != getattr(b, c)}
+        # created/modified are the events' times unless the payload names them.
+        assert differ <= {"created", "modified"}, differ
+    assert short[rows[-1][0]].attempts == 2 and short[rows[-1][0]].state == "FAILED"
+    assert Job.objects.get(pk=waiting.pk).state == "PROCESSING"
+    assert_replay_equals_live()
