@@ -42,12 +42,14 @@ PIPELINE_BATCH = 500
 def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None) -> list[Job]:
     """Create jobs: one `created` event each, one INSERT per batch; return the jobs created.
 
-    Every job is checked, and its creation hook run, before anything is written,
-    so one bad job leaves the whole call without effect (as in django-db-queue, a
-    job whose hook raises is logged and not created). A call of more than one
-    batch then runs in a transaction and sends each batch while the next is
-    encoded, so that the server and Python work at the same time; the hooks run
-    before, since the connection cannot serve them while the batches stream.
+    One bad job leaves the whole call without effect. Every job's fields are
+    checked and its creation hook run before anything is sent (as in
+    django-db-queue, a job whose hook raises is logged and not created; hooks may
+    query the database, which the connection cannot serve while batches stream).
+    A call of one batch encodes every workspace before its INSERT. A longer call
+    runs in a transaction and encodes each batch while the server inserts the one
+    before, so that the server and Python work at the same time; a workspace that
+    cannot be stored rolls the transaction back.
     """
     plans: dict[str, tuple[str, str | None]] = {}
     ready = [job for job in jobs if _prepare_new(job, plans)]
