@@ -11,7 +11,9 @@
 -- * a statement that only creates jobs (Job.objects.create, bulk_create)
 --   inserts its projection rows straight from the transition table, without
 --   reading the projection first: a new job's row follows from its `created`
---   event alone, and the primary key tells whether the job existed;
+--   event alone. A second `created` event for a job never gets here: the
+--   ledger's unique (job_id, version) refuses it first, and the projection's
+--   primary key backs that up;
 -- * the wake-up NOTIFY is sent from here.
 
 -- dbq_apply_events_v2: the AFTER INSERT ... FOR EACH STATEMENT trigger function
@@ -31,7 +33,6 @@ SET search_path FROM CURRENT
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    inserted bigint;
     waiting text[];
     payload text;
 BEGIN
@@ -66,20 +67,12 @@ BEGIN
                    COALESCE((e.payload ->> 'attempts')::integer, 0),
                    false
             FROM new_events e
-            -- A job that exists already is left alone here and refused below.
-            ON CONFLICT (id) DO NOTHING
             RETURNING queue_name, state
         )
-        SELECT count(*), array_agg(DISTINCT queue_name) FILTER (WHERE state IN ('NEW', 'READY'))
-        INTO inserted, waiting
+        SELECT array_agg(DISTINCT queue_name) FILTER (WHERE state IN ('NEW', 'READY'))
+        INTO waiting
         FROM added;
         PERFORM set_config('dbq.applying', '', true);
-        IF inserted <> (SELECT count(*) FROM new_events) THEN
-            -- Raises "job ... already exists; a job is created once".
-            PERFORM dbq_refuse_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));
-            RAISE EXCEPTION 'django_dbq: a created event names a job that exists already'
-                USING ERRCODE = 'unique_violation';
-        END IF;
     ELSE
         waiting := ARRAY(SELECT DISTINCT unnest(dbq_apply_events_v1(
             ARRAY(SELECT e::django_dbq_jobevent FROM new_events e)
