@@ -3,7 +3,8 @@ import math
 from datetime import datetime, timedelta
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
+from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -217,3 +218,12 @@ def test_create__is_one_statement():
 
     (query,) = queries.captured_queries
     assert "INSERT INTO django_dbq_jobevent" in query["sql"]
+
+
+def test_bulk_create__in_a_broken_transaction_says_so_like_any_query():
+    with transaction.atomic():
+        with pytest.raises(IntegrityError), transaction.atomic(savepoint=False):
+            job = Job.objects.create(name="testjob")
+            Job.objects.create(id=job.pk, name="testjob")
+        with pytest.raises(TransactionManagementError):
+            Job.objects.bulk_create([Job(name="testjob") for _ in range(600)])

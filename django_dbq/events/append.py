@@ -113,6 +113,7 @@ def append_created_batches(
 
     def run(sql: str, params: Any, many: bool, context: dict[str, Any]) -> None:
         raw = context["cursor"].cursor
+        connections[using].validate_no_broken_transaction()
         with connections[using].wrap_database_errors:
             raw.executemany(sql, params, returning=True)
             while True:
