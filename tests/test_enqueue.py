@@ -2,6 +2,7 @@ import logging
 import math
 from datetime import datetime, timedelta
 
+import pgtrigger
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.transaction import TransactionManagementError
@@ -227,3 +228,21 @@ def test_bulk_create__in_a_broken_transaction_says_so_like_any_query():
             Job.objects.create(id=job.pk, name="testjob")
         with pytest.raises(TransactionManagementError):
             Job.objects.bulk_create([Job(name="testjob") for _ in range(600)])
+
+
+def test_enqueue_and_operate__inside_pgtrigger_ignore_of_other_triggers():
+    # pgtrigger.ignore() prepends a statement with a positional parameter to every
+    # query inside it; the ledger's queries must run there like the ORM's.
+    with pgtrigger.ignore("django_dbq.JobEvent:protect_ledger"), transaction.atomic():
+        job = Job.objects.create(name="testjob")
+        created = Job.objects.bulk_create([Job(name="testjob") for _ in range(1100)])
+        job.priority = 5
+        job.save()
+        job.cancel()
+        created[0].cancel()
+        depths = Job.get_queue_depths()
+
+    assert len(created) == 1100
+    assert Job.objects.get(pk=job.pk).state == Job.STATES.CANCELLED
+    assert Job.objects.get(pk=job.pk).priority == 5
+    assert depths == {"default": 1099}

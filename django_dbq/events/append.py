@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -15,7 +15,7 @@ from django.db.backends.utils import CursorWrapper
 
 from django_dbq.clock import from_epoch
 from django_dbq.exceptions import JobGoneError
-from django_dbq.sqlfiles import load_queries
+from django_dbq.sqlfiles import bind, load_queries
 
 
 class Appended(NamedTuple):
@@ -51,11 +51,17 @@ def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
     Django's default cursor inlines the parameters, so no statement can be
     prepared. This one lets psycopg prepare a statement it runs often when the
     database's OPTIONS allow it ("prepare_threshold"; Django turns preparing off
-    by default for the sake of connection poolers). Errors, query logging and
-    execute wrappers are Django's, as with connection.cursor().
+    by default for the sake of connection poolers). Errors and query logging are
+    Django's, as with connection.cursor(); while the connection has execute
+    wrappers, it is connection.cursor().
     """
     connection = connections[using]
-    if connection.settings_dict["OPTIONS"].get("server_side_binding") is True:
+    # An execute wrapper may rewrite the statement into several (pgtrigger.ignore()
+    # prepends one), which only a client-side bound query may hold.
+    if (
+        connection.settings_dict["OPTIONS"].get("server_side_binding") is True
+        or connection.execute_wrappers
+    ):
         with connection.cursor() as cursor:
             yield cursor
         return
@@ -79,7 +85,7 @@ def append_created(
     """Append `created` events ({job_id, payload} dicts) in one statement; return each job's time."""
     with bound_cursor(using) as cursor:
         cursor.execute(
-            _queries()["events_insert_created"], {"events": orjson.dumps(events).decode()}
+            *bind(_queries()["events_insert_created"], {"events": orjson.dumps(events).decode()})
         )
         return {job_id: from_epoch(seconds) for job_id, seconds in cursor.fetchall()}
 
@@ -94,9 +100,9 @@ class _Batches:
     def __len__(self) -> int:  # for Django's query log ("... times")
         return self._count
 
-    def __iter__(self) -> Iterator[dict[str, str]]:
+    def __iter__(self) -> Iterator[list[str]]:
         for events in self._batches:
-            yield {"events": orjson.dumps(events).decode()}
+            yield [orjson.dumps(events).decode()]
 
 
 def append_created_batches(
@@ -107,30 +113,30 @@ def append_created_batches(
     The statements go out as the batches are produced (psycopg's executemany
     pipelines them), so the server inserts one batch while the caller prepares
     the next. Call it inside a transaction: an error in a later batch must undo
-    the earlier ones.
+    the earlier ones. Where the connection has execute wrappers (such as the one
+    pgtrigger.ignore() installs), each batch goes through them as a statement of
+    its own instead, unpipelined.
     """
+    connection = connections[using]
     times: dict[uuid.UUID, datetime] = {}
-
-    def run(sql: str, params: Any, many: bool, context: dict[str, Any]) -> None:
-        raw = context["cursor"].cursor
-        connections[using].validate_no_broken_transaction()
-        with connections[using].wrap_database_errors:
+    if connection.execute_wrappers:
+        for events in batches:
+            times.update(append_created(events, using=using))
+        return times
+    sql, _ = bind(_queries()["events_insert_created"], {"events": None})
+    params = _Batches(batches, count)
+    with bound_cursor(using) as cursor:
+        raw = cursor.cursor
+        logged = (
+            cursor.debug_sql(sql, params, many=True) if connection.queries_logged else nullcontext()
+        )
+        with logged, connection.wrap_database_errors:
+            connection.validate_no_broken_transaction()
             raw.executemany(sql, params, returning=True)
             while True:
                 times.update((job_id, from_epoch(at)) for job_id, at in raw.fetchall())
                 if not raw.nextset():
                     break
-
-    with bound_cursor(using) as cursor:
-        sql = _queries()["events_insert_created"]
-        params = _Batches(batches, count)
-        if connections[using].queries_logged:
-            with cursor.debug_sql(sql, params, many=True):
-                cursor._execute_with_wrappers(sql, params, many=True, executor=run)
-        else:
-            # Django's own executemany cannot return rows; this runs the
-            # connection's execute wrappers around the pipelined statements all the same.
-            cursor._execute_with_wrappers(sql, params, many=True, executor=run)
     return times
 
 
@@ -140,7 +146,7 @@ def append_events(
     """Append (job_id, kind, payload JSON) events, at most one per job, in one statement."""
     # Atomic: when one job is missing, the events of the others are not kept either.
     with transaction.atomic(using), connections[using].cursor() as cursor:
-        cursor.execute(_queries()["events_append"], {"events": encode_events(events)})
+        cursor.execute(*bind(_queries()["events_append"], {"events": encode_events(events)}))
         appended = [
             Appended(job_id, version, from_epoch(at)) for job_id, version, at in cursor.fetchall()
         ]
@@ -156,5 +162,7 @@ def append_events(
 def delete_old_jobs(created_before: datetime, using: str = DEFAULT_DB_ALIAS) -> int:
     """Remove the whole histories of COMPLETE, FAILED and CANCELLED jobs created before a time."""
     with connections[using].cursor() as cursor:
-        cursor.execute(_queries()["events_delete_old_jobs"], {"created_before": created_before})
+        cursor.execute(
+            *bind(_queries()["events_delete_old_jobs"], {"created_before": created_before})
+        )
         return cursor.fetchone()[0]

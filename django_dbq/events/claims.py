@@ -13,7 +13,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from django_dbq.events.append import encode_events
-from django_dbq.sqlfiles import load_queries
+from django_dbq.sqlfiles import bind, load_queries
 
 # The columns jobs_claim returns, in order: Job's concrete fields (created,
 # modified and lease_until as epoch seconds), then the state the job had before
@@ -39,7 +39,7 @@ CLAIM_FIELDS = (
 
 def _execute(name: str, params: dict[str, Any], using: str) -> list[tuple[Any, ...]]:
     with connections[using].cursor() as cursor:
-        cursor.execute(load_queries("django_dbq.events", "claims.sql")[name], params)
+        cursor.execute(*bind(load_queries("django_dbq.events", "claims.sql")[name], params))
         return cursor.fetchall()
 
 
@@ -92,7 +92,7 @@ def record_and_claim(
     }
     # Two statements in one simple-protocol query run as one implicit transaction.
     with connections[using].cursor() as cursor:
-        cursor.execute(f"{queries['jobs_append_held']};\n{queries['jobs_claim']}", params)
+        cursor.execute(*bind(f"{queries['jobs_append_held']};\n{queries['jobs_claim']}", params))
         recorded = {row[0] for row in cursor.fetchall()}
         cursor.nextset()
         return recorded, cursor.fetchall()

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from django_dbq.sqlfiles import load_queries
+from django_dbq.sqlfiles import bind, load_queries
 
 CHUNK = 1000
 
@@ -17,7 +17,7 @@ def _act(query: str, job_ids: Iterable[uuid.UUID], reason: str, using: str) -> d
     with connections[using].cursor() as cursor:
         for start in range(0, len(ids), CHUNK):
             params = {"job_ids": ids[start : start + CHUNK], "reason": reason}
-            cursor.execute(load_queries("django_dbq.events")[query], params)
+            cursor.execute(*bind(load_queries("django_dbq.events")[query], params))
             done.update(cursor.fetchall())
     return done
 

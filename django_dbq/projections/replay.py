@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from django_dbq.sqlfiles import load_queries
+from django_dbq.sqlfiles import bind, load_queries
 
 if TYPE_CHECKING:
     from django_dbq.projections.models import Job
@@ -58,7 +58,11 @@ def _show(value: Any) -> str:
 
 
 def _run(cursor: Any, name: str, params: dict[str, Any] | None = None) -> Any:
-    cursor.execute(load_queries("django_dbq.projections")[name], params)
+    sql = load_queries("django_dbq.projections")[name]
+    if params is None:
+        cursor.execute(sql)
+    else:
+        cursor.execute(*bind(sql, params))
     return cursor
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from django_dbq.sqlfiles import load_queries
+from django_dbq.sqlfiles import bind, load_queries
 
 WINDOW_MINUTES = 5
 
@@ -30,7 +30,7 @@ def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
         cursor.execute(queries["stats_oldest_waiting"])
         for queue, age in cursor.fetchall():
             stats[queue]["oldest_waiting_seconds"] = round(age, 3)
-        cursor.execute(queries["stats_recent_outcomes"], {"minutes": WINDOW_MINUTES})
+        cursor.execute(*bind(queries["stats_recent_outcomes"], {"minutes": WINDOW_MINUTES}))
         for queue, kind, count in cursor.fetchall():
             stats[queue][f"{kind}_per_minute"] = round(count / WINDOW_MINUTES, 2)
     return dict(sorted(stats.items()))
