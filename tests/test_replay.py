@@ -367,6 +367,12 @@ def test_replay__keeps_the_projection_indexes():
 
     assert indexes() == before
     assert {row[0] for row in before} >= {"django_dbq_job_claimable", "django_dbq_job_leased"}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'django_dbq_job'::regclass AND contype = 'p'"
+        )
+        assert cursor.fetchall() == [("django_dbq_job_pkey", "PRIMARY KEY (id)")]
 
 
 CREATED_PAYLOADS = [
