@@ -24,7 +24,7 @@ def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-def bind(sql: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+def bind(sql: str, params: Mapping[str, Any] | None) -> tuple[str, list[Any] | None]:
     """The query with positional placeholders, and its parameters in their order.
 
     The .sql files name their parameters (%(name)s) for the reader; they are sent
@@ -32,6 +32,8 @@ def bind(sql: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
     parameter of its own, as pgtrigger.ignore() does to every query inside it
     (psycopg cannot mix the two styles).
     """
+    if params is None:
+        return sql, None
     text, names = _positional(sql)
     return text, [params[name] for name in names]
 

@@ -58,11 +58,7 @@ def _show(value: Any) -> str:
 
 
 def _run(cursor: Any, name: str, params: dict[str, Any] | None = None) -> Any:
-    sql = load_queries("django_dbq.projections")[name]
-    if params is None:
-        cursor.execute(sql)
-    else:
-        cursor.execute(*bind(sql, params))
+    cursor.execute(*bind(load_queries("django_dbq.projections")[name], params))
     return cursor
 
 

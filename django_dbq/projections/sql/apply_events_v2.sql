@@ -14,7 +14,7 @@
 --   event alone. A second `created` event for a job never gets here: the
 --   ledger's unique (job_id, version) refuses it first, and the projection's
 --   primary key backs that up;
--- * the wake-up NOTIFY is sent from here.
+-- * the wake-up NOTIFY (dbq_notify_waiting_v1) is sent from here.
 
 -- dbq_apply_events_v2: the AFTER INSERT ... FOR EACH STATEMENT trigger function
 -- of django_dbq_jobevent (transition table new_events). It applies the
@@ -34,7 +34,6 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     waiting text[];
-    payload text;
 BEGIN
     IF NOT EXISTS (
         SELECT FROM new_events e
@@ -74,19 +73,9 @@ BEGIN
         FROM added;
         PERFORM set_config('dbq.applying', '', true);
     ELSE
-        waiting := ARRAY(SELECT DISTINCT unnest(dbq_apply_events_v1(
-            ARRAY(SELECT e::django_dbq_jobevent FROM new_events e)
-        )));
+        waiting := dbq_apply_events_v1(ARRAY(SELECT e::django_dbq_jobevent FROM new_events e));
     END IF;
-
-    IF cardinality(waiting) > 0 THEN
-        payload := to_jsonb(waiting)::text;
-        -- NOTIFY payloads must stay under 8000 bytes.
-        IF octet_length(payload) > 7900 THEN
-            payload := '*';
-        END IF;
-        PERFORM pg_notify('django_dbq', payload);
-    END IF;
+    PERFORM dbq_notify_waiting_v1(waiting);
     RETURN NULL;
 END
 $$;
