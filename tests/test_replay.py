@@ -393,8 +393,6 @@ CREATED_PAYLOADS = [
 
 
 def test_replay__created_rows_are_the_same_on_both_trigger_paths():
-    JobFactory()
-    Job.objects.bulk_create([Job(name="testjob", priority=2) for _ in range(3)])
     with connection.cursor() as cursor:
         rows = [(uuid.uuid4(), p) for p in CREATED_PAYLOADS]
         cursor.execute(
