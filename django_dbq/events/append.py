@@ -81,13 +81,19 @@ def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
 
 def append_created(
     events: Sequence[dict[str, Any]], using: str = DEFAULT_DB_ALIAS
-) -> dict[uuid.UUID, datetime]:
-    """Append `created` events ({job_id, payload} dicts) in one statement; return each job's time."""
+) -> list[datetime]:
+    """Append `created` events ({job_id, payload} dicts) in one statement; return their times, in order."""
     with bound_cursor(using) as cursor:
         cursor.execute(
             *bind(_queries()["events_insert_created"], {"events": orjson.dumps(events).decode()})
         )
-        return {job_id: from_epoch(seconds) for job_id, seconds in cursor.fetchall()}
+        return _times(cursor.fetchall(), len(events))
+
+
+def _times(rows: list[tuple[float]], expected: int) -> list[datetime]:
+    if len(rows) != expected:  # an INSERT inserts all its rows or raises
+        raise RuntimeError(f"django_dbq: {expected} created events sent, {len(rows)} recorded")
+    return [from_epoch(seconds) for (seconds,) in rows]
 
 
 class _Batches:
@@ -96,32 +102,35 @@ class _Batches:
     def __init__(self, batches: Iterable[Sequence[dict[str, Any]]], count: int) -> None:
         self._batches = batches
         self._count = count
+        self.sizes: list[int] = []
 
     def __len__(self) -> int:  # for Django's query log ("... times")
         return self._count
 
     def __iter__(self) -> Iterator[list[str]]:
         for events in self._batches:
+            self.sizes.append(len(events))
             yield [orjson.dumps(events).decode()]
 
 
 def append_created_batches(
     batches: Iterable[Sequence[dict[str, Any]]], count: int, using: str = DEFAULT_DB_ALIAS
-) -> dict[uuid.UUID, datetime]:
+) -> list[datetime]:
     """Append `created` events batch by batch, one statement each, in one pipeline.
 
     The statements go out as the batches are produced (psycopg's executemany
     pipelines them), so the server inserts one batch while the caller prepares
-    the next. Call it inside a transaction: an error in a later batch must undo
-    the earlier ones. Where the connection has execute wrappers (such as the one
-    pgtrigger.ignore() installs), each batch goes through them as a statement of
-    its own instead, unpipelined.
+    the next. Returns the events' times in the order given. Call it inside a
+    transaction: an error in a later batch must undo the earlier ones. Where the
+    connection has execute wrappers (such as the one pgtrigger.ignore()
+    installs), each batch goes through them as a statement of its own instead,
+    unpipelined.
     """
     connection = connections[using]
-    times: dict[uuid.UUID, datetime] = {}
+    times: list[datetime] = []
     if connection.execute_wrappers:
         for events in batches:
-            times.update(append_created(events, using=using))
+            times.extend(append_created(events, using=using))
         return times
     sql, _ = bind(_queries()["events_insert_created"], {"events": None})
     params = _Batches(batches, count)
@@ -133,10 +142,9 @@ def append_created_batches(
         with logged, connection.wrap_database_errors:
             connection.validate_no_broken_transaction()
             raw.executemany(sql, params, returning=True)
-            while True:
-                times.update((job_id, from_epoch(at)) for job_id, at in raw.fetchall())
-                if not raw.nextset():
-                    break
+            for size in params.sizes:
+                times.extend(_times(raw.fetchall(), size))
+                raw.nextset()
     return times
 
 

@@ -4,13 +4,14 @@
 -- name: events_insert_created
 -- Append one `created` event (version 1) per new job, in the order given;
 -- at = clock_timestamp() per row, so jobs created together keep their order.
--- The events come as one JSON array of {job_id, payload}.
+-- The events come as one JSON array of {job_id, payload}; the times come back in
+-- the same order (rows are inserted, and returned, in the order of ORDER BY).
 INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
 SELECT e.job_id, 1, 'created', e.payload
 FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (job_id uuid, payload jsonb))
     WITH ORDINALITY AS e(job_id, payload, n)
 ORDER BY e.n
-RETURNING job_id, extract(epoch FROM at)::float8
+RETURNING extract(epoch FROM at)::float8
 
 -- name: events_append
 -- Append one event per job at the job's next version (sql/claims_v1.sql); the

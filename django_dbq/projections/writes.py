@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRACKED_FIELDS = ("name", "state", "next_task", "workspace", "queue_name", "priority", "run_after")
+# Tracked fields whose values are strings, numbers, times or None.
+_PLAIN_FIELDS = tuple(field for field in TRACKED_FIELDS if field not in ("state", "workspace"))
 CREATE_STATES = ("NEW", "READY", "FAILED", "COMPLETE")
 # The states no worker holds, among which save() may move a job (as the state machine does).
 SAVE_STATES = (*CREATE_STATES, "CANCELLED")
@@ -54,17 +56,17 @@ def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None)
     plans: dict[str, tuple[str, str | None]] = {}
     ready = [job for job in jobs if _prepare_new(job, plans)]
     size = batch_size or PIPELINE_BATCH
-    encoded: list[bytes] = []
+    loaded: list[dict[str, Any]] = []
 
     def batches() -> Iterator[list[dict[str, Any]]]:
         for start in range(0, len(ready), size):
             batch = ready[start : start + size]
-            workspaces = [jsonutil.encode_workspace(job.workspace) for job in batch]
-            encoded.extend(workspaces)
-            yield [
-                {"job_id": job.pk, "payload": _created_payload(job, workspace)}
-                for job, workspace in zip(batch, workspaces, strict=True)
-            ]
+            events = []
+            for job in batch:
+                workspace = jsonutil.encode_workspace(job.workspace)
+                loaded.append(_snapshot(job, workspace))
+                events.append({"job_id": job.pk, "payload": _created_payload(job, workspace)})
+            yield events
 
     if not ready:
         return ready
@@ -73,8 +75,14 @@ def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None)
     else:
         with transaction.atomic(using):
             times = append_created_batches(batches(), -(-len(ready) // size), using=using)
-    for job, workspace in zip(ready, encoded, strict=True):
-        _mark_saved(job, using, version=1, at=times[job.pk], created=True, workspace=workspace)
+    for job, snapshot, at in zip(ready, loaded, times, strict=True):
+        state = job._state
+        state.adding = False
+        state.db = using
+        values = job.__dict__
+        values["version"] = 1
+        values["created"] = values["modified"] = at
+        values["_dbq_loaded"] = snapshot
     return ready
 
 
@@ -234,22 +242,23 @@ def _changed_fields(job: Job, update_fields: Iterable[str] | None) -> dict[str, 
     return changes
 
 
-def _mark_saved(
-    job: Job,
-    using: str,
-    version: int,
-    at: datetime.datetime,
-    created: bool = False,
-    workspace: bytes | None = None,
-) -> None:
+def _snapshot(job: Job, workspace: bytes | None = None) -> dict[str, Any]:
+    """What save() compares against: the tracked fields, the workspace encoded.
+
+    Built field by field so that the dict holds no container and CPython's
+    garbage collector never tracks it (bulk_create makes thousands at once).
+    """
+    values = job.__dict__
+    snapshot = {field: values[field] for field in _PLAIN_FIELDS}
+    # Job.STATES members are objects the collector tracks; their text compares equal.
+    snapshot["state"] = str(values["state"])
+    snapshot["workspace"] = workspace or _fingerprint("workspace", values["workspace"])
+    return snapshot
+
+
+def _mark_saved(job: Job, using: str, version: int, at: datetime.datetime) -> None:
     job._state.adding = False
     job._state.db = using
     job.version = version
     job.modified = at
-    if created:
-        job.created = at
-    values = job.__dict__
-    job.__dict__["_dbq_loaded"] = {field: values[field] for field in TRACKED_FIELDS}
-    job.__dict__["_dbq_loaded"]["workspace"] = workspace or _fingerprint(
-        "workspace", values["workspace"]
-    )
+    job.__dict__["_dbq_loaded"] = _snapshot(job)
