@@ -14,3 +14,10 @@ def from_epoch(seconds: float | None) -> datetime.datetime | None:
         return None
     moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
     return moment if settings.USE_TZ else timezone.make_naive(moment)
+
+
+def from_epochs(rows: list[tuple[float]]) -> list[datetime.datetime]:
+    """from_epoch for the first column of many rows (none NULL)."""
+    utc, moment = datetime.UTC, datetime.datetime.fromtimestamp
+    moments = [moment(seconds, tz=utc) for (seconds,) in rows]
+    return moments if settings.USE_TZ else [timezone.make_naive(m) for m in moments]

@@ -13,7 +13,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 
-from django_dbq.clock import from_epoch
+from django_dbq.clock import from_epoch, from_epochs
 from django_dbq.exceptions import JobGoneError
 from django_dbq.sqlfiles import bind, load_queries
 
@@ -93,7 +93,7 @@ def append_created(
 def _times(rows: list[tuple[float]], expected: int) -> list[datetime]:
     if len(rows) != expected:  # an INSERT inserts all its rows or raises
         raise RuntimeError(f"django_dbq: {expected} created events sent, {len(rows)} recorded")
-    return [from_epoch(seconds) for (seconds,) in rows]
+    return from_epochs(rows)
 
 
 class _Batches:

@@ -34,6 +34,7 @@ CREATE_STATES = ("NEW", "READY", "FAILED", "COMPLETE")
 # The states no worker holds, among which save() may move a job (as the state machine does).
 SAVE_STATES = (*CREATE_STATES, "CANCELLED")
 SMALLINT_RANGE = (-32768, 32767)
+QUEUE_NAME_LENGTH = 20
 
 
 # bulk_create sends its jobs in statements of this many, pipelined: the server
@@ -125,14 +126,24 @@ def _prepare_new(job: Job, plans: dict[str, tuple[str, str | None]]) -> bool:
     if plan is None:
         plan = plans[job.name] = _creation_plan(job.name)
     job.next_task, creation_hook = plan
-    if job.workspace is None:
-        job.workspace = {}
-    if job.state not in CREATE_STATES:
+    values = job.__dict__
+    if values["workspace"] is None:
+        values["workspace"] = {}
+    state = values["state"]
+    if not isinstance(state, str) or state not in CREATE_STATES:
+        _check_field("state", state)
         raise InvalidJobError(
-            f"A job cannot be created in state {job.state!r}; use one of {', '.join(CREATE_STATES)}."
+            f"A job cannot be created in state {state!r}; use one of {', '.join(CREATE_STATES)}."
         )
-    for field in TRACKED_FIELDS:
-        _check_field(field, getattr(job, field))
+    # The name and first task were checked with the plan; the common case of
+    # the rest is tested inline, _check_field names the problem otherwise.
+    queue_name, priority, run_after = values["queue_name"], values["priority"], values["run_after"]
+    if not (type(queue_name) is str and len(queue_name) <= QUEUE_NAME_LENGTH):
+        _check_field("queue_name", queue_name)
+    if not (type(priority) is int and SMALLINT_RANGE[0] <= priority <= SMALLINT_RANGE[1]):
+        _check_field("priority", priority)
+    if run_after is not None:
+        _check_field("run_after", run_after)
     if creation_hook:
         try:
             import_string(creation_hook)(job)
@@ -145,8 +156,8 @@ def _prepare_new(job: Job, plans: dict[str, tuple[str, str | None]]) -> bool:
 def _creation_plan(name: Any) -> tuple[str, str | None]:
     """The first task and the creation hook of a job name, checked once per name and call."""
     task_names = tasks.get_task_names(name) if isinstance(name, str) else None
+    _check_field("name", name)
     if not task_names:
-        _check_field("name", name)
         raise JobConfigError(
             f"settings.JOBS[{name!r}] lists no tasks; give it at least one dotted task path."
         )
@@ -155,6 +166,7 @@ def _creation_plan(name: Any) -> tuple[str, str | None]:
             f"settings.JOBS[{name!r}] lists a task more than once; a job moves from "
             "task to task by path, so give a repeated function a second name."
         )
+    _check_field("next_task", task_names[0])
     return task_names[0], tasks.get_creation_hook_name(name)
 
 
@@ -176,7 +188,7 @@ def _created_payload(job: Job, workspace: bytes) -> dict[str, Any]:
 def _check_field(field: str, value: Any) -> None:
     """Raise InvalidJobError when value does not fit the projection's column."""
     if field in ("name", "next_task", "queue_name", "state"):
-        max_length = 20 if field in ("queue_name", "state") else 100
+        max_length = QUEUE_NAME_LENGTH if field in ("queue_name", "state") else 100
         if not isinstance(value, str):
             raise InvalidJobError(f"Job {field} must be a string, not {type(value).__name__}.")
         if len(value) > max_length:
