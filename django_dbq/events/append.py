@@ -83,10 +83,16 @@ def append_created(
     events: Sequence[dict[str, Any]], using: str = DEFAULT_DB_ALIAS
 ) -> list[datetime]:
     """Append `created` events ({job_id, payload} dicts) in one statement; return their times, in order."""
-    with bound_cursor(using) as cursor:
-        cursor.execute(
-            *bind(_queries()["events_insert_created"], {"events": orjson.dumps(events).decode()})
+    if len(events) == 1:
+        (event,) = events
+        query = bind(
+            _queries()["events_insert_created_one"],
+            {"job_id": event["job_id"], "payload": orjson.dumps(event["payload"]).decode()},
         )
+    else:
+        query = bind(_queries()["events_insert_created"], {"events": orjson.dumps(events).decode()})
+    with bound_cursor(using) as cursor:
+        cursor.execute(*query)
         return _times(cursor.fetchall(), len(events))
 
 

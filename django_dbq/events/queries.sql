@@ -13,6 +13,13 @@ FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (job_id uuid, payload j
 ORDER BY e.n
 RETURNING extract(epoch FROM at)::float8
 
+-- name: events_insert_created_one
+-- The same for one job (Job.objects.create, save() of a new job): a VALUES row
+-- is parsed and planned in a fraction of the time of the JSON array's plan.
+INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
+VALUES (%(job_id)s, 1, 'created', %(payload)s::jsonb)
+RETURNING extract(epoch FROM at)::float8
+
 -- name: events_append
 -- Append one event per job at the job's next version (sql/claims_v1.sql); the
 -- events come as one JSON array of {job_id, kind, payload}.
