@@ -87,6 +87,7 @@ def test_worker_role__cannot_rewrite_history_or_the_projection(roles):
         refused(conn, "SELECT dbq_delete_old_jobs_v1(now())")
         refused(conn, "SELECT dbq_replay_events_v1()")
         refused(conn, "SELECT dbq_replay_events_v2()")
+        refused(conn, "SELECT dbq_replay_events_v3()")
         refused(conn, "SELECT dbq_apply_statement_v1(ARRAY[]::django_dbq_jobevent[])")
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="only be called as trigger"):
             conn.execute("SELECT dbq_apply_events_v2()")

@@ -62,14 +62,21 @@ def _run(cursor: Any, name: str, params: dict[str, Any] | None = None) -> Any:
     return cursor
 
 
-def replay_events(using: str = DEFAULT_DB_ALIAS) -> int:
+# A ledger larger than this (on disk) is replayed in slices of jobs, each slice
+# round by round, so that the server holds about four times this much at once.
+REPLAY_SLICE_BYTES = 128 * 1024 * 1024
+
+
+def replay_events(using: str = DEFAULT_DB_ALIAS, slice_bytes: int = REPLAY_SLICE_BYTES) -> int:
     """Rebuild the whole projection from the ledger; return the number of events applied."""
     with transaction.atomic(using), connections[using].cursor() as cursor:
         _run(cursor, "ledger_lock")
-        return _run(cursor, "projection_replay").fetchone()[0]
+        return _run(cursor, "projection_replay", {"slice_bytes": slice_bytes}).fetchone()[0]
 
 
-def verify_projection(using: str = DEFAULT_DB_ALIAS, show: int = 20) -> Verification:
+def verify_projection(
+    using: str = DEFAULT_DB_ALIAS, show: int = 20, slice_bytes: int = REPLAY_SLICE_BYTES
+) -> Verification:
     """Rebuild the projection in a transaction that is rolled back, and diff it with the live one.
 
     The live table is copied to a scratch table first; new events wait until the
@@ -78,7 +85,7 @@ def verify_projection(using: str = DEFAULT_DB_ALIAS, show: int = 20) -> Verifica
     with transaction.atomic(using), connections[using].cursor() as cursor:
         _run(cursor, "ledger_lock")
         _run(cursor, "projection_snapshot")
-        events = _run(cursor, "projection_replay").fetchone()[0]
+        events = _run(cursor, "projection_replay", {"slice_bytes": slice_bytes}).fetchone()[0]
         jobs = _run(cursor, "projection_count").fetchone()[0]
         drift_count = _run(cursor, "projection_count_drift").fetchone()[0]
         rows = (
