@@ -7,7 +7,7 @@ from io import StringIO
 
 import orjson
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -300,6 +300,20 @@ def test_replay__a_ledger_larger_than_a_slice_is_rebuilt_slice_by_slice():
     assert ledger_scans() - scans == 4
     assert snapshot() == before
     assert_replay_equals_live()
+
+
+def test_replay_events_command__slices_as_asked(capsys):
+    JobFactory.create_batch(3)
+    scans = ledger_scans()
+
+    call_command("replay_events", "--slice-mb", "1")
+    call_command("replay_events", "--verify", "--slice-mb", "1")
+
+    # A small ledger fits in one slice: read once per rebuild.
+    assert ledger_scans() - scans == 2
+    assert "ok: replaying 3 events" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="'0' is not a positive whole number of megabytes"):
+        call_command("replay_events", "--slice-mb", "0")
 
 
 def test_replay__a_slice_size_that_is_not_positive_is_refused():

@@ -1,13 +1,32 @@
 from __future__ import annotations
 
 import time
+from argparse import ArgumentTypeError
 from collections import Counter
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from django_dbq.management.selection import parse_when
-from django_dbq.projections.replay import projection_as_of, replay_events, verify_projection
+from django_dbq.projections.replay import (
+    REPLAY_SLICE_BYTES,
+    projection_as_of,
+    replay_events,
+    verify_projection,
+)
+
+
+def megabytes(text: str) -> int:
+    """A positive whole number of megabytes, as bytes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ArgumentTypeError(
+            f"{text!r} is not a positive whole number of megabytes; e.g. --slice-mb 64"
+        )
+    return value * 1024 * 1024
 
 
 class Command(BaseCommand):
@@ -27,6 +46,15 @@ class Command(BaseCommand):
             help="Rebuild the projection as it was at this time (ISO 8601) in a rolled-back "
             "transaction and print jobs per queue and state then; the live table is untouched.",
         )
+        parser.add_argument(
+            "--slice-mb",
+            type=megabytes,
+            default=REPLAY_SLICE_BYTES,
+            dest="slice_bytes",
+            help="Replay a ledger larger than this many megabytes in slices of jobs, one at a "
+            "time; the server holds about four times a slice in memory "
+            f"(default {REPLAY_SLICE_BYTES // 1024 // 1024}).",
+        )
         parser.add_argument("--database", default="default", help="Database alias.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -35,10 +63,10 @@ class Command(BaseCommand):
             self._print_as_of(parse_when(options["as_of"]), options["database"])
             return
         if not options["verify"]:
-            events = replay_events(using=options["database"])
+            events = replay_events(using=options["database"], slice_bytes=options["slice_bytes"])
             self.stdout.write(f"replayed {events} events in {time.perf_counter() - started:.2f}s")
             return
-        result = verify_projection(using=options["database"])
+        result = verify_projection(using=options["database"], slice_bytes=options["slice_bytes"])
         elapsed = time.perf_counter() - started
         if result.ok:
             self.stdout.write(
