@@ -352,6 +352,25 @@ def test_verify__reports_drift_column_by_column_and_exits_1():
     assert Job.objects.get(pk=job.pk).priority == 7  # verify leaves the live table alone
 
 
+@pytest.mark.parametrize(
+    ("change", "column"),
+    [
+        ("run_after = '2030-01-01T00:00Z'", "run_after"),  # NULL when replayed
+        ("claimed_by = NULL", "claimed_by"),  # set when replayed
+        ("""workspace = '{"a": 2}'""", "workspace"),
+    ],
+)
+def test_verify__finds_drift_in_a_single_column_nulls_included(change, column):
+    job = JobFactory(workspace={"a": 1})
+    append(job.id, "claimed", PAYLOADS["claimed"]())
+    force_drift(f"UPDATE django_dbq_job SET {change} WHERE id = '{job.id}'")
+
+    result = verify_projection()
+
+    assert result.drift_count == 1
+    assert result.drift[0].describe().startswith(f"job {job.id}: {column}: live=")
+
+
 def test_verify__reports_rows_missing_on_either_side():
     job = JobFactory()
     force_drift(f"DELETE FROM django_dbq_job WHERE id = '{job.id}'")
