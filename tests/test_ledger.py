@@ -9,6 +9,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
+from tests.conftest import listen
 from tests.factories import JobFactory
 
 pytestmark = pytest.mark.django_db
@@ -160,3 +161,37 @@ def test_apply__cannot_be_switched_off_with_pgtrigger_ignore():
 
     assert Job.objects.get(pk=job.pk).state == "PROCESSING"
     assert verify_projection().ok
+
+
+def test_projection_guard__steps_aside_only_inside_pgtrigger_ignore_of_itself():
+    # What django_dbq.testing.allow_flush() relies on to let Django's flush empty it.
+    job = JobFactory()
+    with pgtrigger.ignore("django_dbq.JobEvent:apply_events"):
+        with pytest.raises(DatabaseError, match="projection of the job ledger"):
+            run_sql("UPDATE django_dbq_job SET priority = 9")
+    with pgtrigger.ignore("django_dbq.Job:protect_projection"):
+        run_sql("UPDATE django_dbq_job SET priority = 9")
+
+    assert Job.objects.get(pk=job.pk).priority == 9
+    with pytest.raises(DatabaseError, match="projection of the job ledger"):
+        run_sql("UPDATE django_dbq_job SET priority = 8")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_notify__a_statement_of_new_and_moved_jobs_names_each_queue_once():
+    held = JobFactory(queue_name="shared")
+    insert_event(held.id, 2, "claimed", '{"worker": "w1"}')
+    listener = listen()
+    try:
+        run_sql(
+            "INSERT INTO django_dbq_jobevent (job_id, version, kind, payload) VALUES"
+            ' (%s, 1, \'created\', \'{"name": "testjob", "queue_name": "shared"}\'),'
+            ' (%s, 3, \'released\', \'{"worker": "w1", "state": "READY"}\')',
+            [uuid.uuid4(), held.id],
+        )
+        payloads = [n.payload for n in listener.notifies(timeout=0.5)]
+    finally:
+        listener.close()
+
+    assert Job.objects.filter(queue_name="shared", state="READY").count() == 1
+    assert payloads == ['["shared"]']

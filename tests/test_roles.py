@@ -84,13 +84,18 @@ def test_worker_role__cannot_rewrite_history_or_the_projection(roles):
         # Opening the projection's guard by hand does not give a right the role lacks.
         conn.execute("SET dbq.applying = 'on'")
         refused(conn, "UPDATE django_dbq_job SET state = 'COMPLETE'")
+        conn.execute("SET pgtrigger.ignore = '{pgtrigger_protect_projection_fb050}'")
+        refused(conn, "UPDATE django_dbq_job SET state = 'COMPLETE'")
         refused(conn, "SELECT dbq_delete_old_jobs_v1(now())")
         refused(conn, "SELECT dbq_replay_events_v1()")
         refused(conn, "SELECT dbq_replay_events_v2()")
         refused(conn, "SELECT dbq_replay_events_v3()")
         refused(conn, "SELECT dbq_apply_statement_v1(ARRAY[]::django_dbq_jobevent[])")
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="only be called as trigger"):
-            conn.execute("SELECT dbq_apply_events_v2()")
+        for trigger_function in ("dbq_apply_events_v2", "dbq_apply_events_v3"):
+            with pytest.raises(
+                psycopg.errors.FeatureNotSupported, match="only be called as trigger"
+            ):
+                conn.execute(f"SELECT {trigger_function}()")
     assert Job.objects.get(pk=job.pk).state == Job.STATES.NEW
     assert JobEvent.objects.count() == 1
 

@@ -8,6 +8,7 @@ import pgtrigger
 from django.db import models
 
 from django_dbq.projections.models import Job
+from django_dbq.triggers import SqlFunctionTrigger
 
 
 class EventKind(models.TextChoices):
@@ -63,26 +64,6 @@ class ClockTimestamp(models.Func):
     output_field = models.DateTimeField()
 
 
-class SqlFunctionTrigger(pgtrigger.Trigger):
-    """A trigger, declared and installed through pgtrigger, that executes a function
-    of the project's SQL files rather than one pgtrigger writes.
-
-    The function is SECURITY DEFINER (roles that may only append events still get
-    the projection written) and, unlike pgtrigger's functions, cannot be switched
-    off with pgtrigger.ignore(). pgtrigger still writes a function of its own for
-    the trigger's name; it only returns, and nothing calls it.
-    """
-
-    func = "RETURN NULL;"
-
-    def __init__(self, *, function: str, **kwargs: Any) -> None:
-        self.function = function
-        super().__init__(**kwargs)
-
-    def render_execute(self, model: models.Model) -> str:
-        return f"{self.function}()"
-
-
 class JobEvent(models.Model):
     """One transition of one job; (job, version) orders a job's history."""
 
@@ -130,8 +111,8 @@ class JobEvent(models.Model):
                 when=pgtrigger.After,
                 operation=pgtrigger.Insert,
                 referencing=pgtrigger.Referencing(new="new_events"),
-                # projections/sql/apply_events_v2.sql, installed by migration 0003.
-                function="dbq_apply_events_v2",
+                # projections/sql/apply_events_v3.sql, installed by migration 0006.
+                function="dbq_apply_events_v3",
             ),
         ]
 

@@ -14,6 +14,7 @@ from django.utils.module_loading import import_string
 
 from django_dbq import tasks
 from django_dbq.exceptions import ProjectionWriteError
+from django_dbq.triggers import SqlFunctionTrigger
 
 DEFAULT_DELETE_JOBS_AFTER_HOURS = 24
 
@@ -136,7 +137,7 @@ class Job(models.Model):
             ),
         ]
         triggers = [
-            pgtrigger.Trigger(
+            SqlFunctionTrigger(
                 name="protect_projection",
                 level=pgtrigger.Statement,
                 when=pgtrigger.Before,
@@ -144,14 +145,10 @@ class Job(models.Model):
                 | pgtrigger.Update
                 | pgtrigger.Delete
                 | pgtrigger.Truncate,
-                func="""
-                IF current_setting('dbq.applying', true) = 'on' THEN
-                    RETURN NULL;
-                END IF;
-                RAISE EXCEPTION 'django_dbq: django_dbq_job is a projection of the job ledger; % on it is refused', TG_OP
-                    USING ERRCODE = 'insufficient_privilege',
-                          HINT = 'Create jobs with Job.objects.create(), change them with job.save(), or append events to django_dbq_jobevent.';
-                """,
+                # projections/sql/apply_events_v3.sql, installed by migration 0006:
+                # lets through the apply and replay functions' statements (and
+                # pgtrigger.ignore() of this trigger), refuses every other write.
+                function="dbq_protect_projection_v1",
             ),
         ]
 
