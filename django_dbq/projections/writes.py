@@ -77,13 +77,8 @@ def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None)
         with transaction.atomic(using):
             times = append_created_batches(batches(), -(-len(ready) // size), using=using)
     for job, snapshot, at in zip(ready, loaded, times, strict=True):
-        state = job._state
-        state.adding = False
-        state.db = using
-        values = job.__dict__
-        values["version"] = 1
-        values["created"] = values["modified"] = at
-        values["_dbq_loaded"] = snapshot
+        _mark_saved(job, using, version=1, at=at, snapshot=snapshot)
+        job.__dict__["created"] = at
     return ready
 
 
@@ -101,7 +96,7 @@ def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) ->
         )
     payload = jsonutil.dumps({f: _to_json(f, v) for f, v in changes.items()}, "workspace")
     (appended,) = append_events([(job.pk, "updated", payload)], using=using)
-    _mark_saved(job, using, version=appended.version, at=appended.at)
+    _mark_saved(job, using, version=appended.version, at=appended.at, snapshot=_snapshot(job))
 
 
 class _WorkspaceText(str):
@@ -268,9 +263,13 @@ def _snapshot(job: Job, workspace: bytes | None = None) -> dict[str, Any]:
     return snapshot
 
 
-def _mark_saved(job: Job, using: str, version: int, at: datetime.datetime) -> None:
+def _mark_saved(
+    job: Job, using: str, version: int, at: datetime.datetime, snapshot: dict[str, Any]
+) -> None:
+    """The job as stored at `version`: saved to `using`, compared against `snapshot` next time."""
     job._state.adding = False
     job._state.db = using
-    job.version = version
-    job.modified = at
-    job.__dict__["_dbq_loaded"] = _snapshot(job)
+    values = job.__dict__
+    values["version"] = version
+    values["modified"] = at
+    values["_dbq_loaded"] = snapshot
