@@ -321,11 +321,13 @@ def test_replay_events_command__slices_as_asked(capsys):
         call_command("replay_events", "--slice-mb", "0")
 
 
-def test_replay__a_slice_size_that_is_not_positive_is_refused():
-    JobFactory()
+def test_replay__a_slice_size_that_is_not_positive_or_far_too_small_is_refused():
+    job = JobFactory()
     with pytest.raises(DataError, match="slice_bytes must be a positive number of bytes, not 0"):
         replay_events(slice_bytes=0)
-    assert Job.objects.count() == 1
+    with pytest.raises(DataError, match="slice_bytes 1 is too small for a ledger of"):
+        replay_events(slice_bytes=1)
+    assert list(Job.objects.values_list("id", flat=True)) == [job.id]
 
 
 def force_drift(sql):

@@ -37,6 +37,7 @@ DECLARE
     key_definition text;
     total bigint := 0;
     slices integer := 1;
+    ledger_bytes bigint;
 BEGIN
     IF slice_bytes IS NULL OR slice_bytes < 1 THEN
         RAISE EXCEPTION 'django_dbq: slice_bytes must be a positive number of bytes, not %', slice_bytes
@@ -74,7 +75,14 @@ BEGIN
         END IF;
         -- The ledger's size on disk (rows and their out-of-line values) is close
         -- to the size of its events as array elements.
-        slices := greatest(1, ceil(pg_table_size('django_dbq_jobevent') / slice_bytes::numeric));
+        ledger_bytes := pg_table_size('django_dbq_jobevent');
+        IF ledger_bytes / slice_bytes >= 10000 THEN
+            -- Each slice reads the whole ledger.
+            RAISE EXCEPTION 'django_dbq: slice_bytes % is too small for a ledger of % bytes', slice_bytes, ledger_bytes
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('Use at least %s bytes (10,000 slices at most).', ledger_bytes / 10000 + 1);
+        END IF;
+        slices := greatest(1, ceil(ledger_bytes / slice_bytes::numeric));
     END IF;
 
     FOR part IN 0 .. slices - 1 LOOP
