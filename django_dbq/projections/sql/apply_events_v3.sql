@@ -6,7 +6,9 @@
 -- creates one job (about 0.47 -> 0.43 ms in pgbench, commit included):
 -- * the wake-up NOTIFY is sent from here instead of through
 --   dbq_notify_waiting_v1, with the same payload: a JSON array of the distinct
---   queues in which jobs now wait, or '*' when it would not fit;
+--   queues in which jobs now wait, or '*' when it would not fit. The rules are
+--   repeated on purpose: the helper's call and query cost about 0.02 ms per
+--   statement (0.445 -> 0.421 ms, alternating pgbench runs with the new guard);
 -- * the projection's guard (dbq_protect_projection_v1 below) replaces the
 --   function pgtrigger wrote for it, whose check for pgtrigger.ignore() opened a
 --   subtransaction and caught an error whenever the session had never set it.
