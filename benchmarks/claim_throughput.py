@@ -77,19 +77,20 @@ def claim_latency(count: int, batch: int) -> tuple[list[float], list[float]]:
     """Time the claim and the acknowledgement statements on their own (milliseconds)."""
     import orjson
 
-    from django_dbq.events.claims import append_held, claim_jobs
+    from django_dbq.events.claims import append_held, claim_jobs, new_worker_key
 
     enqueue_bulk(count, "noop", 1)
+    key = new_worker_key()
     claims, acks = [], []
     payload = orjson.dumps({"task": "benchmarks.tasks.noop", "workspace": {}}).decode()
     while True:
         started = time.perf_counter()
-        rows = claim_jobs("q0", batch, "bench", "host", 1, 30)
+        rows = claim_jobs("q0", batch, "bench", key, "host", 1, 30)
         claims.append((time.perf_counter() - started) * 1000)
         if not rows:
             return claims[:-1], acks
         started = time.perf_counter()
-        append_held("bench", [(row[0], "completed", payload) for row in rows])
+        append_held(key, [(row[0], "completed", payload) for row in rows])
         acks.append((time.perf_counter() - started) * 1000)
 
 

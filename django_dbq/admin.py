@@ -66,7 +66,7 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("workspace__icontains",)
     ordering = ("-created",)
     inlines = (JobEventInline,)
-    actions = ("requeue", "cancel", "run_now")
+    actions = ("requeue", "cancel", "run_now", "release")
     readonly_fields = (
         "state",
         "next_task",
@@ -99,6 +99,13 @@ class JobAdmin(admin.ModelAdmin):
     def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
         done = queryset.cancel(reason=f"admin: {request.user}")
         self.message_user(request, f"Cancelled or asked to stop {done} jobs.", messages.SUCCESS)
+
+    @admin.action(description="Release running jobs whose worker is gone (before their lease ends)")
+    def release(self, request: HttpRequest, queryset: QuerySet) -> None:
+        done = queryset.release(reason=f"admin: {request.user}")
+        self.message_user(
+            request, f"Returned {done} running jobs to their queue.", messages.SUCCESS
+        )
 
     @admin.action(description="Run now (clear run_after)")
     def run_now(self, request: HttpRequest, queryset: QuerySet) -> None:

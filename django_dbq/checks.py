@@ -25,6 +25,31 @@ def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     ]
 
 
+# The database caps every lease at this many seconds (events/sql/worker.sql).
+MAX_LEASE_SECONDS = 3600
+
+
+@register()
+def check_lease_seconds(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """DBQ_LEASE_SECONDS is a number of seconds from 1 to the database's cap."""
+    from django_dbq import conf
+
+    try:
+        seconds = conf.lease_seconds()
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if 1 <= seconds <= MAX_LEASE_SECONDS:
+        return []
+    return [
+        Error(
+            f"DBQ_LEASE_SECONDS is {seconds!r}; the database takes leases of 1 to "
+            f"{MAX_LEASE_SECONDS} seconds (a heartbeat renews them every third).",
+            hint=f"Set DBQ_LEASE_SECONDS to a number from 1 to {MAX_LEASE_SECONDS}, e.g. 30.",
+            id="django_dbq.E011",
+        )
+    ]
+
+
 @register()
 def check_jobs_setting(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """Every job in settings.JOBS has tasks, and every task and hook path imports."""

@@ -1,11 +1,14 @@
 """Least-privilege database roles for django-dbq: the GRANTs for each.
 
-- worker: reads the projection and the ledger, appends events, claims and
-  acknowledges jobs through the claim functions; it cannot change or delete an
-  event, nor write the projection.
-- app (the web application): reads, enqueues (appends `created` events), saves,
-  cancels and requeues jobs; it cannot claim jobs, change or delete events, nor
-  write the projection.
+No role but the tables' owner holds a write right on either table. Every append
+goes through a function that runs with the owner's rights and takes only what
+the calling role may do; each role is granted its functions and SELECT:
+
+- worker: claims jobs, records the outcomes of the jobs it holds (proved by its
+  secret key, under a live lease), renews its leases, expires lapsed ones.
+- app (the web application, the admin, operators' commands): enqueues
+  (`created` in a state a creation allows), saves (`updated`), cancels,
+  requeues, and releases jobs whose worker is gone.
 - maintenance: runs delete_old_jobs (the retention function), and nothing else.
 
 Replay rebuilds the projection and needs the tables' owner (the role that ran
@@ -14,19 +17,40 @@ the migrations).
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import sql
 
 TABLES = ("django_dbq_job", "django_dbq_jobevent")
-SAVE_FUNCTIONS = ("dbq_append_events_v1(jsonb)",)
-OPERATOR_FUNCTIONS = ("dbq_cancel_jobs_v1(uuid[], text)", "dbq_requeue_jobs_v1(uuid[], text)")
-WORKER_FUNCTIONS = (
-    "dbq_claim_jobs_v1(text, integer, text, text, integer, float8)",
-    "dbq_append_held_v1(text, jsonb)",
-    "dbq_renew_leases_v1(text, uuid[], float8)",
-    "dbq_expire_leases_v1(text, integer)",
-    *SAVE_FUNCTIONS,
+SEQUENCE = "django_dbq_jobevent_id_seq"
+APP_FUNCTIONS = (
+    "dbq_create_job_v1(uuid, jsonb)",
+    "dbq_create_jobs_v1(jsonb)",
+    "dbq_update_jobs_v1(jsonb)",
+    "dbq_cancel_jobs_v2(uuid[], text)",
+    "dbq_requeue_jobs_v2(uuid[], text)",
+    "dbq_release_jobs_v1(uuid[], text)",
 )
-RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v1(timestamptz)",)
+WORKER_FUNCTIONS = (
+    "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8)",
+    "dbq_record_outcomes_v1(text, jsonb)",
+    "dbq_renew_leases_v2(text, uuid[], float8)",
+    "dbq_expire_leases_v2(text, integer)",
+    # A task may save its job (job.save()) while it runs.
+    "dbq_update_jobs_v1(jsonb)",
+)
+RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v2(timestamptz)",)
+# What no role but the owner may hold on the tables and the event id sequence.
+WRITE_RIGHTS = "INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER"
+SEQUENCE_RIGHTS = "USAGE, UPDATE"
+
+_GRANTEES = """
+SELECT DISTINCT a.grantee
+FROM pg_catalog.pg_class c, LATERAL aclexplode(c.relacl) a
+WHERE c.oid IN (%s::regclass, %s::regclass, %s::regclass)
+  AND a.grantee <> c.relowner
+  AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'TRIGGER', 'USAGE')
+"""
 
 
 def grant_statements(
@@ -35,29 +59,42 @@ def grant_statements(
     """The GRANT statements that give each named role exactly what it needs."""
     statements: list[sql.Composable] = []
     if worker:
-        statements += _read(worker) + _append(worker) + _execute(worker, WORKER_FUNCTIONS)
+        statements += _read(worker) + _execute(worker, WORKER_FUNCTIONS)
     if app:
-        statements += _read(app) + _append(app)
-        statements += _execute(app, SAVE_FUNCTIONS + OPERATOR_FUNCTIONS)
+        statements += _read(app) + _execute(app, APP_FUNCTIONS)
     if maintenance:
         statements += _read(maintenance) + _execute(maintenance, RETENTION_FUNCTIONS)
     return statements
+
+
+def revoke_statements(cursor: Any) -> list[sql.Composable]:
+    """REVOKEs of every write right that a role other than the owner holds on the tables."""
+    cursor.execute(_GRANTEES, [*TABLES, SEQUENCE])
+    statements: list[sql.Composable] = []
+    for (grantee,) in cursor.fetchall():
+        role = sql.SQL("PUBLIC") if grantee == 0 else sql.Identifier(_role_name(cursor, grantee))
+        statements.append(
+            sql.SQL("REVOKE {} ON {}, {} FROM {}").format(
+                sql.SQL(WRITE_RIGHTS), sql.Identifier(TABLES[0]), sql.Identifier(TABLES[1]), role
+            )
+        )
+        statements.append(
+            sql.SQL("REVOKE {} ON SEQUENCE {} FROM {}").format(
+                sql.SQL(SEQUENCE_RIGHTS), sql.Identifier(SEQUENCE), role
+            )
+        )
+    return statements
+
+
+def _role_name(cursor: Any, oid: int) -> str:
+    cursor.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE oid = %s", [oid])
+    return cursor.fetchone()[0]
 
 
 def _read(role: str) -> list[sql.Composable]:
     return [
         sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), sql.Identifier(role))
         for table in TABLES
-    ]
-
-
-def _append(role: str) -> list[sql.Composable]:
-    return [
-        sql.SQL("GRANT INSERT ON django_dbq_jobevent TO {}").format(sql.Identifier(role)),
-        # The event id is an identity column; its sequence is used on insert.
-        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
-            sql.Identifier("django_dbq_jobevent_id_seq"), sql.Identifier(role)
-        ),
     ]
 
 

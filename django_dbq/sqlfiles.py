@@ -8,6 +8,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from psycopg import sql
+
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
@@ -15,6 +17,43 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 def read_sql(package: str, filename: str) -> str:
     """Return the text of a .sql file shipped in package."""
     return resources.files(package).joinpath(filename).read_text(encoding="utf-8")
+
+
+SCHEMA_MARK = "@schema@"
+SCHEMA_LITERAL_MARK = "@schema_literal@"
+
+
+def schema_of(cursor: Any) -> str:
+    """The schema the app's tables live in: the connection's current schema."""
+    cursor.execute("SELECT current_schema()")
+    schema = cursor.fetchone()[0]
+    if schema is None or "'" in schema:
+        raise ValueError(
+            f"django_dbq needs a current schema without quote characters, not {schema!r}; "
+            "set the connection's search_path to the schema that holds the tables."
+        )
+    return schema
+
+
+def with_schema(text: str, schema: str, connection: Any) -> str:
+    """The SQL text with @schema@ as the schema's quoted identifier, @schema_literal@ as its name."""
+    pieces: list[sql.Composable] = []
+    for n, chunk in enumerate(text.split(SCHEMA_LITERAL_MARK)):
+        if n:
+            pieces.append(sql.Literal(schema))
+        for m, part in enumerate(chunk.split(SCHEMA_MARK)):
+            if m:
+                pieces.append(sql.Identifier(schema))
+            pieces.append(sql.SQL(part))
+    return sql.Composed(pieces).as_string(connection)
+
+
+def install_sql(schema_editor: Any, package: str, filename: str) -> None:
+    """Run a .sql file of functions in a migration, in the schema of the app's tables."""
+    with schema_editor.connection.cursor() as cursor:
+        schema = schema_of(cursor)
+        text = with_schema(read_sql(package, filename), schema, cursor.connection)
+    schema_editor.execute(text, params=None)
 
 
 @cache

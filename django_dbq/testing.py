@@ -59,7 +59,7 @@ def database_settings(url: str) -> dict[str, Any]:
     }
 
 
-LEDGER_GUARDS = ("django_dbq.Job:protect_projection", "django_dbq.JobEvent:protect_ledger")
+_OPEN_GUARDS = "SELECT set_config('dbq.retention', %s, true), set_config('dbq.applying', %s, true)"
 
 
 def allow_flush() -> None:
@@ -67,9 +67,11 @@ def allow_flush() -> None:
 
     TransactionTestCase (and pytest-django's transactional_db) empty every table
     with TRUNCATE after each test, which the ledger's guards refuse. Call this once,
-    e.g. in conftest.py or the test settings, to lift the guards for flush alone.
+    e.g. in conftest.py or the test settings, to open the guards for flush alone.
+    The guards open only for the tables' owner, so the test database's user must
+    own them (it does when it ran the migrations).
     """
-    import pgtrigger
+    from django.db import transaction
     from django.db.backends.postgresql.operations import DatabaseOperations
 
     original = DatabaseOperations.execute_sql_flush
@@ -77,8 +79,12 @@ def allow_flush() -> None:
         return
 
     def execute_sql_flush(self: Any, sql_list: Any) -> None:
-        with pgtrigger.ignore(*LEDGER_GUARDS, databases=[self.connection.alias]):
+        with transaction.atomic(using=self.connection.alias):
+            with self.connection.cursor() as cursor:
+                cursor.execute(_OPEN_GUARDS, ["on", "on"])
             original(self, sql_list)
+            with self.connection.cursor() as cursor:
+                cursor.execute(_OPEN_GUARDS, ["", ""])
 
     execute_sql_flush.dbq_allows_flush = True  # type: ignore[attr-defined]
     DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]

@@ -29,6 +29,7 @@ from django_dbq.events.claims import (
     CLAIM_FIELDS,
     append_held,
     expire_leases,
+    new_worker_key,
     record_and_claim,
     renew_leases,
     seconds_until_due,
@@ -67,6 +68,8 @@ class Worker:
         self.jobs_run = 0
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.worker_id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        # Proves this worker's claims to the database; never logged or stored.
+        self._key = new_worker_key()
         self.lease_seconds = conf.lease_seconds()
         self._held: dict[uuid.UUID, Job] = {}
         self._pending: list[Outcome] = []
@@ -186,6 +189,7 @@ class Worker:
             outcomes = list(self._pending)
         recorded, rows = record_and_claim(
             self.worker_id,
+            self._key,
             [(o.job.pk, o.kind, o.payload) for o in outcomes],
             self.queue_name,
             limit,
@@ -247,7 +251,7 @@ class Worker:
         if not outcomes:
             return
         events = [(o.job.pk, o.kind, o.payload) for o in outcomes]
-        self._settle(outcomes, append_held(self.worker_id, events, using=self.using))
+        self._settle(outcomes, append_held(self._key, events, using=self.using))
 
     def _settle(self, outcomes: list[Outcome], recorded: set[uuid.UUID]) -> None:
         """Forget recorded outcomes; warn about those whose job this worker no longer held."""
@@ -287,7 +291,7 @@ class Worker:
             )
             for job in jobs
         ]
-        for job_id in append_held(self.worker_id, events, using=self.using):
+        for job_id in append_held(self._key, events, using=self.using):
             logger.info("event=released job=%s worker=%s", job_id, self.worker_id)
         with self._lock:
             for job in jobs:
@@ -309,8 +313,26 @@ class Worker:
         deadline = time.monotonic() + timeout
         while self.alive and (remaining := deadline - time.monotonic()) > 0:
             for note in pgconn.notifies(timeout=remaining, stop_after=1):
-                if note.payload == "*" or self.queue_name in orjson.loads(note.payload):
+                if self._names_queue(note.payload):
                     return
+
+    def _names_queue(self, payload: str) -> bool:
+        """Whether a notification wakes this worker: '*' or a JSON array naming its queue.
+
+        Anyone may NOTIFY on the channel; what is not ours is logged and ignored.
+        """
+        if payload == "*":
+            return True
+        try:
+            queues = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            queues = None
+        if not isinstance(queues, list):
+            logger.warning(
+                "event=bad_notification payload=%r worker=%s", payload[:200], self.worker_id
+            )
+            return False
+        return self.queue_name in queues
 
     def _listen(self) -> Any:
         wrapper = connections[self.using]
@@ -360,7 +382,7 @@ class Worker:
                     if now - last_renewal >= renew_every:
                         with self._lock:
                             held = list(self._held)
-                        renew_leases(self.worker_id, held, self.lease_seconds, using=self.using)
+                        renew_leases(self._key, held, self.lease_seconds, using=self.using)
                         last_renewal = now
                     if now - last_expiry >= expire_every:
                         last_expiry = now
@@ -384,6 +406,6 @@ class Worker:
             return
         self._stopping_sent.add(job.pk)
         payload = jsonutil.dumps({"worker": self.worker_id})
-        append_held(self.worker_id, [(job.pk, "stopping", payload)], using=self.using)
+        append_held(self._key, [(job.pk, "stopping", payload)], using=self.using)
         job.state = Job.STATES.STOPPING
         logger.info("event=stopping job=%s worker=%s", job.pk, self.worker_id)

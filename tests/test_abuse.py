@@ -141,3 +141,25 @@ def test_ledger__orm_writes_are_refused_by_the_database(write):
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         write()
     assert JobEvent.objects.get().kind == "created"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_notify__malformed_notifications_are_logged_and_ignored(settings, caplog):
+    from django.db import connection
+
+    settings.DBQ_POLL_SECONDS = 30
+    worker = Worker("default", max_jobs=1, handle_signals=False)
+    thread = in_thread(worker)
+    time.sleep(0.5)
+    with connection.cursor() as cursor:
+        for payload in ("not json", "{}", "[1", '{"default": 1}', "42", ""):
+            cursor.execute("SELECT pg_notify('django_dbq', %s)", [payload])
+    time.sleep(0.3)
+    assert thread.is_alive()
+
+    job = Job.objects.create(name="testjob")
+    thread.join(timeout=10)
+
+    assert not thread.is_alive() and worker.jobs_run == 1
+    assert Job.objects.get(pk=job.pk).state == Job.STATES.COMPLETE
+    assert "event=bad_notification payload='not json'" in caplog.text

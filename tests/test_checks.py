@@ -1,7 +1,7 @@
 import pytest
 from django.core.checks import run_checks
 
-from django_dbq.checks import check_installed_apps, check_jobs_setting
+from django_dbq.checks import check_installed_apps, check_jobs_setting, check_lease_seconds
 
 
 def ids(errors):
@@ -52,3 +52,16 @@ def test_check__pgtrigger_must_be_installed(settings):
     settings.INSTALLED_APPS = [app for app in settings.INSTALLED_APPS if app != "pgtrigger"]
 
     assert ids(check_installed_apps()) == ["django_dbq.E001"]
+
+
+@pytest.mark.parametrize("seconds", [0.5, 3601, "soon"])
+def test_check__lease_seconds_must_fit_the_databases_cap(settings, seconds):
+    settings.DBQ_LEASE_SECONDS = seconds
+
+    (error,) = check_lease_seconds()
+
+    assert error.id == "django_dbq.E011" and "from 1 to 3600" in error.hint
+
+
+def test_check__default_lease_seconds_pass(settings):
+    assert check_lease_seconds() == []

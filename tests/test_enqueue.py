@@ -95,7 +95,7 @@ def test_bulk_create__writes_all_created_events_in_one_statement():
     with CaptureQueriesContext(connection) as queries:
         created = Job.objects.bulk_create(jobs)
 
-    inserts = [q for q in queries.captured_queries if "INSERT" in q["sql"]]
+    inserts = [q for q in queries.captured_queries if "dbq_create_job" in q["sql"]]
     assert len(inserts) == 1
     assert len(created) == 50
     stored = Job.objects.order_by("created")
@@ -116,7 +116,7 @@ def test_bulk_create__many_batches_stream_in_one_logged_call_and_keep_their_orde
     with CaptureQueriesContext(connection) as queries:
         created = Job.objects.bulk_create(jobs)
 
-    (insert,) = [q for q in queries.captured_queries if "INSERT" in q["sql"]]
+    (insert,) = [q for q in queries.captured_queries if "dbq_create_job" in q["sql"]]
     assert "3 times" in insert["sql"]
     assert created == jobs
     stored = list(Job.objects.order_by("created"))
@@ -218,7 +218,7 @@ def test_create__is_one_statement():
         Job.objects.create(name="testjob", workspace={"a": 1})
 
     (query,) = queries.captured_queries
-    assert "INSERT INTO django_dbq_jobevent" in query["sql"]
+    assert "dbq_create_job_v1" in query["sql"]
 
 
 def test_bulk_create__in_a_broken_transaction_says_so_like_any_query():

@@ -163,18 +163,18 @@ def test_apply__cannot_be_switched_off_with_pgtrigger_ignore():
     assert verify_projection().ok
 
 
-def test_projection_guard__steps_aside_only_inside_pgtrigger_ignore_of_itself():
-    # What django_dbq.testing.allow_flush() relies on to let Django's flush empty it.
-    job = JobFactory()
-    with pgtrigger.ignore("django_dbq.JobEvent:apply_events"):
+@pytest.mark.parametrize(
+    "ignored", ["django_dbq.Job:protect_projection", "django_dbq.JobEvent:protect_ledger"]
+)
+def test_guards__cannot_be_switched_off_with_pgtrigger_ignore(ignored):
+    JobFactory()
+    with pgtrigger.ignore(ignored):
         with pytest.raises(DatabaseError, match="projection of the job ledger"):
             run_sql("UPDATE django_dbq_job SET priority = 9")
-    with pgtrigger.ignore("django_dbq.Job:protect_projection"):
-        run_sql("UPDATE django_dbq_job SET priority = 9")
+        with pytest.raises(DatabaseError, match="append-only"):
+            run_sql("DELETE FROM django_dbq_jobevent")
 
-    assert Job.objects.get(pk=job.pk).priority == 9
-    with pytest.raises(DatabaseError, match="projection of the job ledger"):
-        run_sql("UPDATE django_dbq_job SET priority = 8")
+    assert Job.objects.get().priority == 0
 
 
 @pytest.mark.django_db(transaction=True)

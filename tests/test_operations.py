@@ -8,12 +8,14 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from django_dbq.checks import check_jobs_setting
-from django_dbq.events.claims import append_held, claim_jobs
+from django_dbq.events.claims import append_held, claim_jobs, new_worker_key
 from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
 from django_dbq.retries import retry_delay
 from django_dbq.worker import Worker
 from tests import jobs as test_jobs
+
+KEY = new_worker_key()
 
 
 @pytest.fixture(autouse=True)
@@ -122,18 +124,18 @@ def test_cancel__a_waiting_job_is_cancelled_at_once_and_never_runs():
     assert job.state == Job.STATES.CANCELLED
     assert job.events.last().payload == {"reason": "not needed"}
     assert Job.get_queue_depths() == {}
-    assert claim_jobs("default", 10, "w", "h", 1, 30) == []
+    assert claim_jobs("default", 10, "w", KEY, "h", 1, 30) == []
     assert job.cancel() is None
 
 
 @pytest.mark.django_db
 def test_cancel__a_running_job_stops_after_its_current_task():
     job = Job.objects.create(name="twotasks")
-    claim_jobs("default", 1, "w", "h", 1, 30)
+    claim_jobs("default", 1, "w", KEY, "h", 1, 30)
 
     assert job.cancel() == "cancel_requested"
     assert (job.state, job.cancel_requested) == (Job.STATES.PROCESSING, True)
-    append_held("w", [(job.id, "task_done", '{"next_task": "tests.jobs.task_two"}')])
+    append_held(KEY, [(job.id, "task_done", '{"next_task": "tests.jobs.task_two"}')])
 
     job.refresh_from_db()
     assert (job.state, job.next_task, job.cancel_requested) == (
@@ -219,3 +221,60 @@ def test_save__may_move_a_finished_job_to_cancelled_and_back():
         {"state": "CANCELLED"},
         {"state": "READY"},
     ]
+
+
+@pytest.mark.django_db
+def test_release_jobs__returns_a_dead_workers_job_before_its_lease_ends_and_it_runs_again():
+    job = Job.objects.create(name="twotasks")
+    waiting = Job.objects.create(name="testjob", queue_name="other")
+    claim_jobs("default", 1, "gone-worker", KEY, "h", 1, 3600)
+    out = StringIO()
+
+    call_command("release_jobs", "--queue", "default", "--reason", "host lost", stdout=out)
+
+    assert out.getvalue().strip() == "released 1 running jobs"
+    revoked = job.events.last()
+    assert (revoked.kind, revoked.payload["worker"], revoked.payload["reason"]) == (
+        "lease_revoked",
+        "gone-worker",
+        "host lost",
+    )
+    # The worker that was thought gone can no longer record anything for the job.
+    assert append_held(KEY, [(job.id, "completed", "{}")]) == set()
+    drain()
+    assert kinds(job) == [
+        "created",
+        "claimed",
+        "lease_revoked",
+        "claimed",
+        "task_done",
+        "claimed",
+        "completed",
+    ]
+    assert Job.objects.get(pk=waiting.pk).state == Job.STATES.NEW
+    assert verify_projection().ok
+
+
+@pytest.mark.django_db
+def test_release__admin_action_and_queryset_leave_waiting_and_finished_jobs_alone(admin_client):
+    from django.urls import reverse
+
+    running = Job.objects.create(name="testjob")
+    claim_jobs("default", 1, "gone-worker", KEY, "h", 1, 3600)
+    done = Job.objects.create(name="testjob", state="COMPLETE")
+    waiting = Job.objects.create(name="testjob")
+
+    admin_client.post(
+        reverse("admin:django_dbq_job_changelist"),
+        {"action": "release", "_selected_action": [running.id, done.id, waiting.id]},
+    )
+
+    assert Job.objects.get(pk=running.pk).state == Job.STATES.READY
+    assert [
+        j.state for j in Job.objects.filter(pk__in=[done.pk, waiting.pk]).order_by("state")
+    ] == [
+        Job.STATES.COMPLETE,
+        Job.STATES.NEW,
+    ]
+    assert Job.objects.filter(pk=running.pk).release() == 0
+    assert verify_projection().ok

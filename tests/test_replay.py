@@ -42,6 +42,7 @@ PAYLOADS = {
     "stopping": lambda: {"worker": "w1"},
     "lease_renewed": lambda: {"worker": "w1", "lease_until": "2031-01-01T00:00Z"},
     "lease_expired": lambda: {"worker": "w1", "lease_until": "2030-01-01T00:00Z"},
+    "lease_revoked": lambda: {"worker": "w1", "reason": "host lost", "by": "ops"},
     "released": lambda: {"worker": "w1", "state": "NEW"},
     "retried": lambda: {
         "task": "tests.jobs.task_one",
@@ -65,6 +66,7 @@ PATHS = {
     "stopping": ["claimed", "stopping"],
     "lease_renewed": ["claimed", "lease_renewed"],
     "lease_expired": ["claimed", "lease_expired"],
+    "lease_revoked": ["claimed", "lease_revoked"],
     "released": ["claimed", "released"],
     "retried": ["claimed", "retried"],
     "cancelled": ["cancelled"],

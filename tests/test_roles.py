@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import uuid
 from io import StringIO
 from pathlib import Path
 from urllib.parse import quote
@@ -86,16 +87,11 @@ def test_worker_role__cannot_rewrite_history_or_the_projection(roles):
         refused(conn, "UPDATE django_dbq_job SET state = 'COMPLETE'")
         conn.execute("SET pgtrigger.ignore = '{pgtrigger_protect_projection_fb050}'")
         refused(conn, "UPDATE django_dbq_job SET state = 'COMPLETE'")
-        refused(conn, "SELECT dbq_delete_old_jobs_v1(now())")
-        refused(conn, "SELECT dbq_replay_events_v1()")
-        refused(conn, "SELECT dbq_replay_events_v2()")
-        refused(conn, "SELECT dbq_replay_events_v3()")
-        refused(conn, "SELECT dbq_apply_statement_v1(ARRAY[]::django_dbq_jobevent[])")
-        for trigger_function in ("dbq_apply_events_v2", "dbq_apply_events_v3"):
-            with pytest.raises(
-                psycopg.errors.FeatureNotSupported, match="only be called as trigger"
-            ):
-                conn.execute(f"SELECT {trigger_function}()")
+        refused(conn, "SELECT dbq_delete_old_jobs_v2(now())")
+        refused(conn, "SELECT dbq_replay_events_v4()")
+        refused(conn, "SELECT dbq_fold_events_v1(ARRAY[]::django_dbq_jobevent[])")
+        refused(conn, "SELECT dbq_create_job_v1(gen_random_uuid(), '{}')")
+        refused(conn, "SELECT * FROM dbq_cancel_jobs_v2(ARRAY[]::uuid[], '')")
     assert Job.objects.get(pk=job.pk).state == Job.STATES.NEW
     assert JobEvent.objects.count() == 1
 
@@ -112,7 +108,14 @@ def test_app_role__enqueues_and_saves_but_cannot_claim_or_delete(roles):
     assert shell.returncode == 0, shell.stderr[-2000:]
     assert Job.objects.count() == 4 and Job.objects.filter(priority=3).count() == 1
     with connect_as(roles["app"]) as conn:
-        refused(conn, "SELECT * FROM dbq_claim_jobs_v1('default', 1, 'w', 'h', 1, 30)")
+        refused(
+            conn, "SELECT * FROM dbq_claim_jobs_v2('default', 1, 'w', %s, 'h', 1, 30)", ["k" * 64]
+        )
+        refused(
+            conn,
+            "INSERT INTO django_dbq_jobevent (job_id, version, kind) VALUES (%s, 1, 'created')",
+            [uuid.uuid4()],
+        )
         refused(conn, "DELETE FROM django_dbq_jobevent")
         refused(conn, "UPDATE django_dbq_job SET priority = 9")
     assert manage(roles["app"], "delete_old_jobs", "--hours", "-1").returncode != 0

@@ -24,19 +24,20 @@ def test_migrations__match_the_models():
 
 
 def test_state_machine__names_every_event_kind():
-    state_machine = read_sql("django_dbq.projections", "sql/apply_events_v1.sql")
+    state_machine = read_sql("django_dbq.projections", "sql/apply.sql")
     missing = [k for k in EventKind.values if f"'{k}'" not in state_machine]
 
-    assert missing == [], f"dbq_apply_events_v1 does not handle {missing}; add a rule and a _v2"
+    assert missing == [], f"dbq_next_state_v2 does not handle {missing}; add a rule and a _v3"
 
 
 def claim_statement():
-    """The statement inside dbq_claim_jobs_v1, with its parameters as query parameters."""
-    body = read_sql("django_dbq.events", "sql/claims_v1.sql")
-    body = body[body.index("FUNCTION dbq_claim_jobs_v1") :]
+    """The statement inside dbq_claim_jobs_v2, with its parameters as query parameters."""
+    body = read_sql("django_dbq.events", "sql/worker.sql").replace("@schema@", "public")
+    body = body[body.index("FUNCTION public.dbq_claim_jobs_v2") :]
     statement = body[body.index("RETURN QUERY") + len("RETURN QUERY") : body.index(";\nEND")]
-    for name in ("p_queue_name", "max_jobs", "p_worker", "p_host", "p_pid", "lease_seconds"):
+    for name in ("p_queue_name", "max_jobs", "p_worker", "p_host", "p_pid", "key_hash"):
         statement = re.sub(rf"\b{name}\b", f"%({name})s", statement)
+    statement = re.sub(r"\buntil\b", "%(until)s::timestamptz", statement)
     return statement
 
 
@@ -50,7 +51,8 @@ def test_claim_query__is_served_by_the_partial_index():
         "p_worker": "w",
         "p_host": "h",
         "p_pid": 1,
-        "lease_seconds": 30,
+        "until": "2030-01-01T00:00:00Z",
+        "key_hash": "0" * 64,
     }
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_dbq_job")

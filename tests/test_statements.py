@@ -28,8 +28,7 @@ def prepare_threshold(transactional_db):
 def prepared_inserts():
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_prepared_statements"
-            " WHERE statement LIKE '%%INSERT INTO django_dbq_jobevent%%'"
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%%dbq_create_job%%'"
         )
         return cursor.fetchone()[0]
 
@@ -56,7 +55,7 @@ def test_create__prepares_nothing_with_djangos_default_options(transactional_db)
 def test_create__is_logged_and_its_errors_are_djangos(db):
     with CaptureQueriesContext(connection) as queries:
         job = Job.objects.create(name="testjob")
-    assert ["INSERT INTO django_dbq_jobevent" in q["sql"] for q in queries] == [True]
+    assert ["dbq_create_job_v1" in q["sql"] for q in queries] == [True]
 
     with pytest.raises(IntegrityError), transaction.atomic():
         Job.objects.create(id=job.pk, name="testjob")

@@ -88,3 +88,36 @@ def test_upgrade__the_upgraded_queue_keeps_working(old_database):
     history = manage(old_database, "job_history", "00000000-0000-4000-8000-000000000005")
     assert "created (imported)" in history.stdout and "updated" in history.stdout
     assert manage(old_database, "replay_events", "--verify").returncode == 0
+
+
+def has_right(url, role, table, right):
+    return rows(url, f"SELECT has_table_privilege('{role}', '{table}', '{right}')")[0][0]
+
+
+def test_upgrade__to_0007_takes_back_old_write_grants_and_migrates_back_and_forth(old_database):
+    assert manage(old_database, "migrate", "django_dbq", "0006").returncode == 0
+    role = f"dbq_t_old_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(old_database, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}"')  # test constants, not input
+        # What ledger_grants of the earlier release gave an app role, and a careless PUBLIC grant.
+        conn.execute(f'GRANT SELECT, INSERT ON django_dbq_jobevent TO "{role}"')
+        conn.execute(f'GRANT USAGE ON SEQUENCE django_dbq_jobevent_id_seq TO "{role}"')
+        conn.execute("GRANT UPDATE ON django_dbq_job TO PUBLIC")
+    try:
+        forward = manage(old_database, "migrate")
+        assert forward.returncode == 0, forward.stderr
+        assert not has_right(old_database, role, "django_dbq_jobevent", "INSERT")
+        assert has_right(old_database, role, "django_dbq_jobevent", "SELECT")
+        assert not has_right(old_database, "public", "django_dbq_job", "UPDATE")
+        assert rows(old_database, "SELECT to_regproc('dbq_apply_events_v3') IS NULL") == [(True,)]
+
+        back = manage(old_database, "migrate", "django_dbq", "0006")
+        assert back.returncode == 0, back.stderr
+        assert rows(old_database, "SELECT to_regproc('dbq_apply_events_v3') IS NULL") == [(False,)]
+        again = manage(old_database, "migrate")
+        assert again.returncode == 0, again.stderr
+        assert manage(old_database, "replay_events", "--verify").returncode == 0
+    finally:
+        with psycopg.connect(old_database, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')

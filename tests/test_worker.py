@@ -8,7 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_dbq.events.claims import CLAIM_FIELDS, claim_jobs, expire_leases
+from django_dbq.events.claims import CLAIM_FIELDS, claim_jobs, expire_leases, new_worker_key
 from django_dbq.management.commands.worker import Worker as CompatWorker
 from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
@@ -17,6 +17,8 @@ from tests import jobs as test_jobs
 from tests.conftest import in_thread, listen
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+KEY = new_worker_key()
 
 
 @pytest.fixture(autouse=True)
@@ -242,8 +244,8 @@ def test_worker__gives_back_claimed_jobs_it_has_no_time_to_start(settings, runs_
 
 def test_lease__expired_claim_returns_the_job_and_another_worker_finishes_it():
     job = Job.objects.create(name="testjob")
-    claim_jobs("default", 1, "dead-worker", "h", 1, 0.05)
-    time.sleep(0.1)
+    claim_jobs("default", 1, "dead-worker", KEY, "h", 1, 1)
+    time.sleep(1.05)
 
     assert expire_leases("reaper") == [job.id]
     drain()
@@ -257,17 +259,18 @@ def test_lease__a_worker_that_lost_its_lease_cannot_record_an_outcome():
     from django_dbq.events.claims import append_held
 
     job = Job.objects.create(name="testjob")
-    claim_jobs("default", 1, "slow-worker", "h", 1, 0.05)
-    time.sleep(0.1)
+    claim_jobs("default", 1, "slow-worker", KEY, "h", 1, 1)
+    time.sleep(1.05)
     expire_leases("reaper")
-    claim_jobs("default", 1, "new-worker", "h", 2, 30)
+    claim_jobs("default", 1, "new-worker", new_worker_key(), "h", 2, 30)
 
-    assert append_held("slow-worker", [(job.id, "completed", "{}")]) == set()
+    assert append_held(KEY, [(job.id, "completed", "{}")]) == set()
     assert Job.objects.get(pk=job.pk).claimed_by == "new-worker"
 
 
 def test_claim_fields__follow_the_model_field_order():
-    assert CLAIM_FIELDS == tuple(f.attname for f in Job._meta.concrete_fields)
+    # The hash of the worker's key is the last column and is not read back.
+    assert CLAIM_FIELDS + ("lease_key",) == tuple(f.attname for f in Job._meta.concrete_fields)
 
 
 def notes(conn):

@@ -154,13 +154,32 @@ def append_created_batches(
     return times
 
 
+def append_updates(
+    events: Sequence[tuple[uuid.UUID, str, str]], using: str = DEFAULT_DB_ALIAS
+) -> list[Appended]:
+    """Append job.save()'s (job_id, "updated", payload JSON) events, one per job, in one statement.
+
+    Goes through the ledger's function for saves, which any role granted it
+    (app, worker) may call.
+    """
+    return _append("events_update", events, using)
+
+
 def append_events(
     events: Sequence[tuple[uuid.UUID, str, str]], using: str = DEFAULT_DB_ALIAS
 ) -> list[Appended]:
-    """Append (job_id, kind, payload JSON) events, at most one per job, in one statement."""
+    """Append (job_id, kind, payload JSON) events of any kind, at most one per job, in one statement.
+
+    A plain INSERT into the ledger, which only the tables' owner may make (for
+    tests, imports and repairs); the trigger still checks every transition.
+    """
+    return _append("events_append", events, using)
+
+
+def _append(query: str, events: Sequence[tuple[uuid.UUID, str, str]], using: str) -> list[Appended]:
     # Atomic: when one job is missing, the events of the others are not kept either.
     with transaction.atomic(using), connections[using].cursor() as cursor:
-        cursor.execute(*bind(_queries()["events_append"], {"events": encode_events(events)}))
+        cursor.execute(*bind(_queries()[query], {"events": encode_events(events)}))
         appended = [
             Appended(job_id, version, from_epoch(at)) for job_id, version, at in cursor.fetchall()
         ]

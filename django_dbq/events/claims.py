@@ -1,11 +1,14 @@
 """The worker's side of the ledger: claim, record outcomes, renew and expire leases.
 
 Each function is one round trip (record_and_claim sends two statements in it);
-none holds a transaction open across a task.
+none holds a transaction open across a task. `key` is the worker's secret: the
+database accepts a worker's events only for jobs claimed with the same key
+(new_worker_key() makes one).
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +40,11 @@ CLAIM_FIELDS = (
 )
 
 
+def new_worker_key() -> str:
+    """A fresh secret key for one worker (256 random bits, as hex)."""
+    return secrets.token_hex(32)
+
+
 def _execute(name: str, params: dict[str, Any], using: str) -> list[tuple[Any, ...]]:
     with connections[using].cursor() as cursor:
         cursor.execute(*bind(load_queries("django_dbq.events", "claims.sql")[name], params))
@@ -47,6 +55,7 @@ def claim_jobs(
     queue_name: str,
     limit: int,
     worker: str,
+    key: str,
     host: str,
     pid: int,
     lease_seconds: float,
@@ -57,6 +66,7 @@ def claim_jobs(
         "queue_name": queue_name,
         "limit": limit,
         "worker": worker,
+        "key": key,
         "host": host,
         "pid": pid,
         "lease_seconds": lease_seconds,
@@ -66,6 +76,7 @@ def claim_jobs(
 
 def record_and_claim(
     worker: str,
+    key: str,
     events: Sequence[tuple[uuid.UUID, str, str]],
     queue_name: str,
     limit: int,
@@ -79,10 +90,11 @@ def record_and_claim(
     Returns the ids whose outcome was recorded and the claimed rows (as claim_jobs).
     """
     if not events:
-        return set(), claim_jobs(queue_name, limit, worker, host, pid, lease_seconds, using)
+        return set(), claim_jobs(queue_name, limit, worker, key, host, pid, lease_seconds, using)
     queries = load_queries("django_dbq.events", "claims.sql")
     params = {
         "worker": worker,
+        "key": key,
         "events": encode_events(events),
         "queue_name": queue_name,
         "limit": limit,
@@ -99,24 +111,24 @@ def record_and_claim(
 
 
 def append_held(
-    worker: str,
+    key: str,
     events: Sequence[tuple[uuid.UUID, str, str]],
     using: str = DEFAULT_DB_ALIAS,
 ) -> set[uuid.UUID]:
     """Append (job_id, kind, payload JSON) events for jobs the worker holds; return the ids recorded."""
     if not events:
         return set()
-    params = {"worker": worker, "events": encode_events(events)}
+    params = {"key": key, "events": encode_events(events)}
     return {row[0] for row in _execute("jobs_append_held", params, using)}
 
 
 def renew_leases(
-    worker: str, job_ids: Sequence[uuid.UUID], lease_seconds: float, using: str = DEFAULT_DB_ALIAS
+    key: str, job_ids: Sequence[uuid.UUID], lease_seconds: float, using: str = DEFAULT_DB_ALIAS
 ) -> set[uuid.UUID]:
     """Extend the worker's lease on the given jobs; return the ids still held."""
     if not job_ids:
         return set()
-    params = {"worker": worker, "job_ids": list(job_ids), "lease_seconds": lease_seconds}
+    params = {"key": key, "job_ids": list(job_ids), "lease_seconds": lease_seconds}
     return {row[0] for row in _execute("jobs_renew_leases", params, using)}
 
 

@@ -1,25 +1,26 @@
 -- Named statements of the worker's side of the ledger. Each calls one function of
--- sql/claims_v1.sql (installed by migration 0002), which appends events in one
--- statement; the ledger's trigger applies them to the projection as a set.
+-- sql/worker.sql, which appends events in one statement; the ledger's trigger
+-- applies them to the projection as a set. `key` is the worker's secret key.
 
 -- name: jobs_claim
 -- Claim up to `limit` ready jobs of a queue, in claim order, with a `claimed` event each.
-SELECT * FROM dbq_claim_jobs_v1(
-    %(queue_name)s, %(limit)s, %(worker)s, %(host)s, %(pid)s, %(lease_seconds)s::float8
+SELECT * FROM dbq_claim_jobs_v2(
+    %(queue_name)s, %(limit)s, %(worker)s, %(key)s, %(host)s, %(pid)s, %(lease_seconds)s::float8
 )
 
 -- name: jobs_append_held
--- Append one event per job the worker holds (outcomes, stopping, released); the
--- events come as one JSON array of {job_id, kind, payload}. Returns the ids recorded.
-SELECT * FROM dbq_append_held_v1(%(worker)s, %(events)s::jsonb)
+-- Record one outcome per job the worker holds (task_done, completed, failed,
+-- retried, stopping, released); the events come as one JSON array of
+-- {job_id, kind, payload}. Returns the ids recorded.
+SELECT * FROM dbq_record_outcomes_v1(%(key)s, %(events)s::jsonb)
 
 -- name: jobs_renew_leases
 -- The heartbeat: extend the worker's lease on the jobs it holds.
-SELECT * FROM dbq_renew_leases_v1(%(worker)s, %(job_ids)s::uuid[], %(lease_seconds)s::float8)
+SELECT * FROM dbq_renew_leases_v2(%(key)s, %(job_ids)s::uuid[], %(lease_seconds)s::float8)
 
 -- name: jobs_expire_leases
 -- Return to their queue the running jobs whose lease has run out.
-SELECT * FROM dbq_expire_leases_v1(%(worker)s, %(limit)s)
+SELECT * FROM dbq_expire_leases_v2(%(worker)s, %(limit)s)
 
 -- name: jobs_seconds_until_due
 -- Seconds until the soonest scheduled job of a queue comes due; NULL when none waits.

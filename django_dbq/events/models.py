@@ -22,6 +22,7 @@ class EventKind(models.TextChoices):
     STOPPING = "stopping"
     LEASE_RENEWED = "lease_renewed"
     LEASE_EXPIRED = "lease_expired"
+    LEASE_REVOKED = "lease_revoked"
     RELEASED = "released"
     RETRIED = "retried"
     CANCELLED = "cancelled"
@@ -39,6 +40,9 @@ OCCURS_WHEN: dict[str, str] = {
     EventKind.STOPPING: "the worker running the job got SIGTERM or SIGINT",
     EventKind.LEASE_RENEWED: "the worker running a long task extends its lease (heartbeat)",
     EventKind.LEASE_EXPIRED: "a worker's lease on a job ran out; the job is READY again",
+    EventKind.LEASE_REVOKED: (
+        "an operator returns a running job whose worker is gone to its queue before its lease runs out"
+    ),
     EventKind.RELEASED: "a worker gives back a job it claimed but did not start",
     EventKind.RETRIED: "a task failed and the job has retries left; READY again after a backoff",
     EventKind.CANCELLED: "a waiting job is cancelled (job.cancel(), cancel_jobs, the admin)",
@@ -91,19 +95,14 @@ class JobEvent(models.Model):
             BrinIndex(fields=["at"], name="django_dbq_event_at_brin"),
         ]
         triggers = [
-            pgtrigger.Trigger(
+            SqlFunctionTrigger(
                 name="protect_ledger",
                 level=pgtrigger.Statement,
                 when=pgtrigger.Before,
                 operation=pgtrigger.Update | pgtrigger.Delete | pgtrigger.Truncate,
-                func="""
-                IF TG_OP = 'DELETE' AND current_setting('dbq.retention', true) = 'on' THEN
-                    RETURN NULL;
-                END IF;
-                RAISE EXCEPTION 'django_dbq: the job ledger is append-only; % on django_dbq_jobevent is refused', TG_OP
-                    USING ERRCODE = 'insufficient_privilege',
-                          HINT = 'Record a change by appending an event; remove old finished jobs with manage.py delete_old_jobs.';
-                """,
+                # events/sql/ledger.sql, installed by migration 0007: refuses every
+                # change but the retention function's deletes.
+                function="dbq_protect_ledger_v1",
             ),
             SqlFunctionTrigger(
                 name="apply_events",
@@ -111,8 +110,8 @@ class JobEvent(models.Model):
                 when=pgtrigger.After,
                 operation=pgtrigger.Insert,
                 referencing=pgtrigger.Referencing(new="new_events"),
-                # projections/sql/apply_events_v3.sql, installed by migration 0006.
-                function="dbq_apply_events_v3",
+                # projections/sql/apply.sql, installed by migration 0007.
+                function="dbq_apply_events_v4",
             ),
         ]
 

@@ -1,4 +1,4 @@
-"""Operators' actions on jobs: cancel and requeue, each one statement of events."""
+"""Operators' actions on jobs: cancel, requeue and release, each one statement of events."""
 
 from __future__ import annotations
 
@@ -34,3 +34,10 @@ def requeue_jobs(
 ) -> dict[uuid.UUID, str]:
     """Requeue FAILED and CANCELLED jobs; return id -> event kind for those requeued."""
     return _act("jobs_requeue", job_ids, reason, using)
+
+
+def release_jobs(
+    job_ids: Iterable[uuid.UUID], reason: str = "", using: str = DEFAULT_DB_ALIAS
+) -> dict[uuid.UUID, str]:
+    """Return running jobs whose worker is gone to their queue now (`lease_revoked`); id -> kind."""
+    return _act("jobs_release", job_ids, reason, using)

@@ -1,39 +1,56 @@
 -- Named statements of the ledger's write side. Each appends events in one
 -- statement; the ledger's statement trigger applies them to the projection.
+-- The functions are those of sql/ledger.sql and sql/operations.sql.
 
 -- name: events_insert_created
--- Append one `created` event (version 1) per new job, in the order given;
--- at = clock_timestamp() per row, so jobs created together keep their order.
--- The events come as one JSON array of {job_id, payload}; the times come back in
--- the same order (rows are inserted, and returned, in the order of ORDER BY).
-INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
-SELECT e.job_id, 1, 'created', e.payload
-FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (job_id uuid, payload jsonb))
-    WITH ORDINALITY AS e(job_id, payload, n)
-ORDER BY e.n
-RETURNING extract(epoch FROM at)::float8
+-- Enqueue jobs: one `created` event (version 1) per new job, in the order given;
+-- the events come as one JSON array of {job_id, payload}; their times come back
+-- as epoch seconds in the same order.
+SELECT * FROM dbq_create_jobs_v1(%(events)s::jsonb)
 
 -- name: events_insert_created_one
--- The same for one job (Job.objects.create, save() of a new job): the server
--- parses and plans a VALUES row faster than the JSON array's query (pgbench,
--- unprepared: 0.50 against 0.57 ms per create, commit included).
-INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
-VALUES (%(job_id)s, 1, 'created', %(payload)s::jsonb)
-RETURNING extract(epoch FROM at)::float8
+-- The same for one job (Job.objects.create, save() of a new job), without the
+-- JSON array.
+SELECT dbq_create_job_v1(%(job_id)s::uuid, %(payload)s::jsonb)
+
+-- name: events_update
+-- job.save(): one `updated` event per job at the job's next version; the events
+-- come as one JSON array of {job_id, kind, payload}.
+SELECT * FROM dbq_update_jobs_v1(%(events)s::jsonb)
 
 -- name: events_append
--- Append one event per job at the job's next version (sql/claims_v1.sql); the
--- events come as one JSON array of {job_id, kind, payload}.
-SELECT * FROM dbq_append_events_v1(%(events)s::jsonb)
+-- Any event, one per job at the job's next version: a plain INSERT that needs
+-- the tables' owner (no other role may insert into the ledger). Locking the
+-- projection rows first serialises writers of the same job.
+WITH incoming AS (
+    SELECT *
+    FROM ROWS FROM (jsonb_to_recordset(%(events)s::jsonb) AS (job_id uuid, kind text, payload jsonb))
+        WITH ORDINALITY AS i(job_id, kind, payload, n)
+), current_version AS (
+    SELECT j.id, j.version
+    FROM django_dbq_job j
+    WHERE j.id IN (SELECT i.job_id FROM incoming i)
+    FOR NO KEY UPDATE
+)
+INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
+SELECT i.job_id, c.version + 1, i.kind, i.payload
+FROM incoming i
+JOIN current_version c ON c.id = i.job_id
+ORDER BY i.n
+RETURNING job_id, version, extract(epoch FROM at)::float8
 
 -- name: events_delete_old_jobs
 -- The retention path: whole histories of finished jobs created before a time.
-SELECT dbq_delete_old_jobs_v1(%(created_before)s)
+SELECT dbq_delete_old_jobs_v2(%(created_before)s)
 
 -- name: jobs_cancel
 -- Cancel jobs: waiting ones at once, running ones after their current task.
-SELECT * FROM dbq_cancel_jobs_v1(%(job_ids)s::uuid[], %(reason)s)
+SELECT * FROM dbq_cancel_jobs_v2(%(job_ids)s::uuid[], %(reason)s)
 
 -- name: jobs_requeue
 -- Put FAILED and CANCELLED jobs back in their queue.
-SELECT * FROM dbq_requeue_jobs_v1(%(job_ids)s::uuid[], %(reason)s)
+SELECT * FROM dbq_requeue_jobs_v2(%(job_ids)s::uuid[], %(reason)s)
+
+-- name: jobs_release
+-- Return running jobs whose worker is gone to their queue before their lease runs out.
+SELECT * FROM dbq_release_jobs_v1(%(job_ids)s::uuid[], %(reason)s)

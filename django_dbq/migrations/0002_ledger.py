@@ -29,12 +29,13 @@ FROM dbq_import
 ORDER BY created, id;
 """
 
+# Frozen copies of what this migration installs (migrations/sql/).
 SQL_FILES = [
-    ("django_dbq.projections", "sql/apply_events_v1.sql"),
-    ("django_dbq.projections", "sql/replay_events_v1.sql"),
-    ("django_dbq.events", "sql/delete_old_jobs_v1.sql"),
-    ("django_dbq.events", "sql/claims_v1.sql"),
-    ("django_dbq.events", "sql/operations_v1.sql"),
+    ("django_dbq.migrations", "sql/0002_apply_events_v1.sql"),
+    ("django_dbq.migrations", "sql/0002_replay_events_v1.sql"),
+    ("django_dbq.migrations", "sql/0002_delete_old_jobs_v1.sql"),
+    ("django_dbq.migrations", "sql/0002_claims_v1.sql"),
+    ("django_dbq.migrations", "sql/0002_operations_v1.sql"),
 ]
 
 FUNCTIONS = [

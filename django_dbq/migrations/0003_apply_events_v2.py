@@ -1,4 +1,4 @@
-"""The ledger's trigger executes dbq_apply_events_v2 (projections/sql/apply_events_v2.sql):
+"""The ledger's trigger executes dbq_apply_events_v2 (migrations/sql/0003_apply_events_v2.sql):
 statements that only create jobs insert their projection rows without reading the
 projection first, and one SECURITY DEFINER trigger function serves each statement.
 The v1 functions stay installed; other statements and replay still apply through
@@ -13,7 +13,7 @@ from django_dbq.sqlfiles import read_sql
 
 def install_functions(apps, schema_editor):
     schema_editor.execute(
-        read_sql("django_dbq.projections", "sql/apply_events_v2.sql"), params=None
+        read_sql("django_dbq.migrations", "sql/0003_apply_events_v2.sql"), params=None
     )
 
 

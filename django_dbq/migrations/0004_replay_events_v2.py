@@ -1,5 +1,5 @@
 """Replay, --verify and time travel rebuild through dbq_replay_events_v2
-(projections/sql/replay_events_v2.sql): a full rebuild also sets the projection's
+(migrations/sql/0004_replay_events_v2.sql): a full rebuild also sets the projection's
 primary key aside for its rounds. dbq_replay_events_v1 stays installed."""
 
 from django.db import migrations
@@ -9,7 +9,7 @@ from django_dbq.sqlfiles import read_sql
 
 def install_functions(apps, schema_editor):
     schema_editor.execute(
-        read_sql("django_dbq.projections", "sql/replay_events_v2.sql"), params=None
+        read_sql("django_dbq.migrations", "sql/0004_replay_events_v2.sql"), params=None
     )
 
 

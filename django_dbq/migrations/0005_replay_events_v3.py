@@ -1,5 +1,5 @@
 """Replay, --verify and time travel rebuild through dbq_replay_events_v3
-(projections/sql/replay_events_v3.sql): a ledger larger than 128 MB is replayed
+(migrations/sql/0005_replay_events_v3.sql): a ledger larger than 128 MB is replayed
 in slices of jobs, so the server's memory stays bounded and no round outgrows
 PostgreSQL's 1 GB limit for one value. dbq_replay_events_v1 and _v2 stay
 installed."""
@@ -11,7 +11,7 @@ from django_dbq.sqlfiles import read_sql
 
 def install_functions(apps, schema_editor):
     schema_editor.execute(
-        read_sql("django_dbq.projections", "sql/replay_events_v3.sql"), params=None
+        read_sql("django_dbq.migrations", "sql/0005_replay_events_v3.sql"), params=None
     )
 
 

@@ -1,5 +1,5 @@
 """The ledger's trigger executes dbq_apply_events_v3 and the projection's guard
-executes dbq_protect_projection_v1 (projections/sql/apply_events_v3.sql): the
+executes dbq_protect_projection_v1 (migrations/sql/0006_apply_events_v3.sql): the
 wake-up NOTIFY is sent without a helper function, and the guard reads
 pgtrigger.ignore without pgtrigger's subtransaction. dbq_apply_events_v2 stays
 installed."""
@@ -13,7 +13,7 @@ from django_dbq.sqlfiles import read_sql
 
 def install_functions(apps, schema_editor):
     schema_editor.execute(
-        read_sql("django_dbq.projections", "sql/apply_events_v3.sql"), params=None
+        read_sql("django_dbq.migrations", "sql/0006_apply_events_v3.sql"), params=None
     )
 
 

@@ -61,6 +61,12 @@ class JobQuerySet(models.QuerySet):
 
         return len(requeue_jobs(self.values_list("id", flat=True), reason, using=self.db))
 
+    def release(self, reason: str = "") -> int:
+        """Return the running ones among these jobs to their queue now: their worker is gone."""
+        from django_dbq.events.operations import release_jobs
+
+        return len(release_jobs(self.values_list("id", flat=True), reason, using=self.db))
+
     def as_of(self, when: Any) -> list[Job]:
         """These jobs as they were at `when`, rebuilt from the ledger (read-only instances).
 
@@ -113,6 +119,9 @@ class Job(models.Model):
     # Failed attempts so far (JOBS' "retries"), and a cancellation pending on a running job.
     attempts = models.PositiveIntegerField(default=0, editable=False)
     cancel_requested = models.BooleanField(default=False, editable=False)
+    # SHA-256 (hex) of the secret key with which the holder proves its claim
+    # (events/sql/worker.sql); the key itself is never stored.
+    lease_key = models.CharField(max_length=64, null=True, editable=False)  # noqa: DJ001 (NULL: no holder)
 
     objects = JobManager()
 
@@ -145,10 +154,10 @@ class Job(models.Model):
                 | pgtrigger.Update
                 | pgtrigger.Delete
                 | pgtrigger.Truncate,
-                # projections/sql/apply_events_v3.sql, installed by migration 0006:
-                # lets through the apply and replay functions' statements (and
-                # pgtrigger.ignore() of this trigger), refuses every other write.
-                function="dbq_protect_projection_v1",
+                # projections/sql/apply.sql, installed by migration 0007: lets
+                # through the apply, replay and retention functions' statements,
+                # refuses every other write.
+                function="dbq_protect_projection_v2",
             ),
         ]
 

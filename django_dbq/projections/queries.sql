@@ -8,11 +8,11 @@ LOCK TABLE django_dbq_jobevent IN SHARE MODE
 -- name: projection_replay
 -- Rebuild django_dbq_job from the ledger, in slices of at most about
 -- slice_bytes of events; returns the number of events applied.
-SELECT dbq_replay_events_v3(NULL, NULL, %(slice_bytes)s)
+SELECT dbq_replay_events_v4(NULL, NULL, %(slice_bytes)s)
 
 -- name: projection_replay_as_of
 -- Rebuild the projection (or some jobs' rows) as it was at a time; callers roll back.
-SELECT dbq_replay_events_v3(%(until)s, %(job_ids)s::uuid[])
+SELECT dbq_replay_events_v4(%(until)s, %(job_ids)s::uuid[])
 
 -- name: projection_snapshot
 -- Copy the live projection aside before it is rebuilt for comparison.

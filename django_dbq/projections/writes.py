@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
-from django_dbq.events.append import append_created, append_created_batches, append_events
+from django_dbq.events.append import append_created, append_created_batches, append_updates
 from django_dbq.exceptions import InvalidJobError, JobConfigError
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) ->
             "PROCESSING or STOPPING. Save it as NEW or READY and let a worker claim it."
         )
     payload = jsonutil.dumps({f: _to_json(f, v) for f, v in changes.items()}, "workspace")
-    (appended,) = append_events([(job.pk, "updated", payload)], using=using)
+    (appended,) = append_updates([(job.pk, "updated", payload)], using=using)
     _mark_saved(job, using, version=appended.version, at=appended.at, snapshot=_snapshot(job))
 
 

@@ -5,11 +5,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from django_dbq.roles import grant_statements
+from django_dbq.roles import grant_statements, revoke_statements
 
 
 class Command(BaseCommand):
-    help = "Print (or run) the GRANTs for least-privilege worker, app and maintenance roles."
+    help = (
+        "Print (or run) the GRANTs for least-privilege worker, app and maintenance roles, "
+        "after REVOKEs of any write right a role other than the owner holds on the tables."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--worker", help="Role the workers connect as.")
@@ -26,7 +29,7 @@ class Command(BaseCommand):
             raise CommandError("Name at least one role: --worker, --app or --maintenance.")
         connection = connections[options["database"]]
         with connection.cursor() as cursor:
-            for statement in statements:
+            for statement in revoke_statements(cursor) + statements:
                 text = statement.as_string(cursor.connection)
                 self.stdout.write(f"{text};")
                 if options["execute"]:

@@ -1,0 +1,534 @@
+"""Attacks on the ledger by roles below the owner, in a database a non-superuser owns.
+
+Each test is an attack that once worked (see the README's threat model): forging
+or skipping events through the trigger functions, shadowing tables with TEMP
+ones, planting overloads and operators in the app's schema, raw writes of every
+event kind, opening the guards with settings, and stretching or stealing leases.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from django_dbq.events.claims import new_worker_key
+from django_dbq.events.models import EventKind
+from django_dbq.sqlfiles import read_sql
+from tests.ownedb import SCHEMA, create_owned_database, drop_owned_database
+
+BELOW_OWNER = ("worker", "app", "maintenance", "none", "creator")
+SQL_FILES = [
+    ("django_dbq.projections", "sql/apply.sql"),
+    ("django_dbq.projections", "sql/replay.sql"),
+    ("django_dbq.events", "sql/ledger.sql"),
+    ("django_dbq.events", "sql/worker.sql"),
+    ("django_dbq.events", "sql/operations.sql"),
+]
+# The ledger's columns, in its order, for a table of one's own.
+FAKE_EVENTS = (
+    "CREATE TEMP TABLE fake (id bigint GENERATED ALWAYS AS IDENTITY, version integer,"
+    " kind varchar(20), payload jsonb, at timestamptz DEFAULT clock_timestamp(), job_id uuid)"
+)
+
+
+@pytest.fixture(scope="module")
+def owned():
+    db = create_owned_database()
+    yield db
+    drop_owned_database(db)
+
+
+@pytest.fixture
+def owner(owned):
+    with owned.connect("owner") as conn:
+        yield conn
+
+
+def counts(conn):
+    return conn.execute(
+        "SELECT (SELECT count(*) FROM dbq_app.django_dbq_job),"
+        " (SELECT count(*) FROM dbq_app.django_dbq_jobevent)"
+    ).fetchone()
+
+
+def create_job(owner, state="NEW", queue="default", name="testjob"):
+    job_id = uuid.uuid4()
+    owner.execute(
+        "SELECT dbq_create_job_v1(%s, %s)",
+        [job_id, Jsonb({"name": name, "state": state, "queue_name": queue, "next_task": "t"})],
+    )
+    return job_id
+
+
+def job_row(owner, job_id):
+    return owner.execute(
+        "SELECT state, version, claimed_by, lease_until FROM dbq_app.django_dbq_job WHERE id = %s",
+        [job_id],
+    ).fetchone()
+
+
+def claim(conn, key, queue="default", lease=30.0, worker="w"):
+    return conn.execute(
+        "SELECT id, lease_until FROM dbq_claim_jobs_v2(%s, 10, %s, %s, 'h', 1, %s)",
+        [queue, worker, key, lease],
+    ).fetchall()
+
+
+def refused(conn, statement, params=None, error=psycopg.errors.InsufficientPrivilege):
+    with pytest.raises(error):
+        conn.execute(statement, params)
+
+
+def events(owner, job_id):
+    rows = owner.execute(
+        "SELECT kind FROM dbq_app.django_dbq_jobevent WHERE job_id = %s ORDER BY version", [job_id]
+    )
+    return [kind for (kind,) in rows]
+
+
+# 1. The trigger functions and the apply function cannot be aimed at other rows.
+
+
+@pytest.mark.parametrize("kind", BELOW_OWNER)
+def test_trigger_function__cannot_be_attached_to_a_temp_table(owned, owner, kind):
+    before = counts(owner)
+    with owned.connect(kind) as conn:
+        conn.execute(FAKE_EVENTS)
+        for function in ("dbq_apply_events_v4", "dbq_protect_projection_v2"):
+            refused(
+                conn,
+                "CREATE TRIGGER fake_apply AFTER INSERT ON fake REFERENCING NEW TABLE AS"
+                f" new_events FOR EACH STATEMENT EXECUTE FUNCTION dbq_app.{function}()",
+            )
+        # A trigger function of its own that hands its rows to the apply function.
+        conn.execute(
+            "CREATE FUNCTION pg_temp.relay() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " PERFORM dbq_app.dbq_fold_events_v1(ARRAY(SELECT e::dbq_app.django_dbq_jobevent"
+            " FROM new_events e)); INSERT INTO dbq_app.django_dbq_job SELECT r.* FROM new_events e,"
+            " LATERAL dbq_app.dbq_job_row_v1(e.job_id, e.version, e.payload, e.at) r;"
+            " RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER relay AFTER INSERT ON fake REFERENCING NEW TABLE AS new_events"
+            " FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.relay()"
+        )
+        refused(
+            conn,
+            "INSERT INTO fake (job_id, version, kind, payload) VALUES"
+            " (gen_random_uuid(), 1, 'created', '{\"name\": \"forged\"}')",
+        )
+    assert counts(owner) == before
+
+
+def test_trigger_function__refuses_any_table_but_the_ledger_even_for_the_owner(owner):
+    before = counts(owner)
+    owner.execute(FAKE_EVENTS)
+    owner.execute(
+        "CREATE TRIGGER fake_apply AFTER INSERT ON fake REFERENCING NEW TABLE AS new_events"
+        " FOR EACH STATEMENT EXECUTE FUNCTION dbq_app.dbq_apply_events_v4()"
+    )
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="django_dbq_jobevent alone"):
+        owner.execute(
+            "INSERT INTO fake (job_id, version, kind, payload) VALUES"
+            " (gen_random_uuid(), 1, 'created', '{\"name\": \"forged\"}')"
+        )
+    assert counts(owner) == before
+
+
+# 2. No write right, and no setting that opens a guard.
+
+
+@pytest.mark.parametrize("kind", BELOW_OWNER)
+def test_raw_writes__of_every_event_kind_are_refused(owned, owner, kind):
+    job_id = create_job(owner)
+    before = counts(owner)
+    with owned.connect(kind) as conn:
+        conn.execute("SET dbq.retention = 'on'")
+        conn.execute("SET dbq.applying = 'on'")
+        conn.execute(
+            "SET pgtrigger.ignore = '{pgtrigger_protect_projection_fb050,"
+            "pgtrigger_protect_ledger_86f28,pgtrigger_apply_events_0dd6f}'"
+        )
+        for event_kind in EventKind.values:
+            refused(
+                conn,
+                "INSERT INTO dbq_app.django_dbq_jobevent (job_id, version, kind, payload)"
+                ' VALUES (%s, 2, %s, \'{"lease_until": "infinity"}\')',
+                [job_id, event_kind],
+            )
+        for statement in (
+            "UPDATE dbq_app.django_dbq_jobevent SET kind = 'completed'",
+            "DELETE FROM dbq_app.django_dbq_jobevent",
+            "TRUNCATE dbq_app.django_dbq_jobevent",
+            "UPDATE dbq_app.django_dbq_job SET state = 'COMPLETE'",
+            "INSERT INTO dbq_app.django_dbq_job (id, name) VALUES (gen_random_uuid(), 'x')",
+            "DELETE FROM dbq_app.django_dbq_job",
+            "TRUNCATE dbq_app.django_dbq_job",
+            "SELECT setval('dbq_app.django_dbq_jobevent_id_seq', 1)",
+        ):
+            refused(conn, statement)
+    assert counts(owner) == before
+
+
+def test_guard__a_role_granted_delete_by_mistake_still_cannot_delete_history(owned, owner):
+    job_id = create_job(owner, state="COMPLETE")
+    role = owned.roles["none"]
+    owner.execute(f'GRANT DELETE, TRUNCATE ON dbq_app.django_dbq_jobevent TO "{role}"')
+    try:
+        with owned.connect("none") as conn:
+            conn.execute("SET dbq.retention = 'on'")
+            for statement in (
+                "DELETE FROM dbq_app.django_dbq_jobevent",
+                "TRUNCATE dbq_app.django_dbq_jobevent",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                    conn.execute(statement)
+    finally:
+        # ledger_grants takes such a right away again.
+        regrant = owned.manage("owner", "ledger_grants", "--execute", "--app", owned.roles["app"])
+        assert regrant.returncode == 0, regrant.stderr
+    assert events(owner, job_id) == ["created"]
+    assert not owner.execute(
+        "SELECT has_table_privilege(%s, 'dbq_app.django_dbq_jobevent', 'DELETE')", [role]
+    ).fetchone()[0]
+
+
+# 3. Each role appends only what its functions allow.
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"name": "testjob", "state": "PROCESSING"}, "cannot be created in state"),
+        ({"name": "testjob", "state": "STOPPING"}, "cannot be created in state"),
+        ({"name": "testjob", "attempts": 99}, "may not set attempts"),
+        ({"name": "testjob", "imported": True, "created": "2001-01-01"}, "may not set"),
+        (["not", "an", "object"], "must be a JSON object"),
+    ],
+)
+def test_app__creates_only_new_jobs_in_states_a_creation_allows(owned, owner, payload, message):
+    before = counts(owner)
+    with owned.connect("app") as conn:
+        for statement in (
+            "SELECT dbq_create_job_v1(gen_random_uuid(), %s)",
+            "SELECT * FROM dbq_create_jobs_v1(jsonb_build_array("
+            "jsonb_build_object('job_id', gen_random_uuid(), 'payload', %s::jsonb)))",
+        ):
+            with pytest.raises(psycopg.DatabaseError, match=message):
+                conn.execute(statement, [Jsonb(payload)])
+    assert counts(owner) == before
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [
+        ("claimed", {"worker": "w", "lease_until": "infinity"}),
+        ("completed", {}),
+        ("requeued", {}),
+        ("updated", {"lease_until": "infinity"}),
+        ("updated", {"claimed_by": "w"}),
+        ("updated", {"state": "PROCESSING"}),
+    ],
+)
+def test_app__saves_only_the_fields_of_a_job(owned, owner, kind, payload):
+    job_id = create_job(owner)
+    with owned.connect("app") as conn:
+        with pytest.raises(psycopg.DatabaseError):
+            conn.execute(
+                "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+                "'job_id', %s::uuid, 'kind', %s::text, 'payload', %s::jsonb)))",
+                [job_id, kind, Jsonb(payload)],
+            )
+        conn.execute(
+            "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+            "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"priority\": 5}'::jsonb)))",
+            [job_id],
+        )
+    assert events(owner, job_id) == ["created", "updated"]
+
+
+def test_app__cannot_claim_record_outcomes_or_delete(owned, owner):
+    job_id = create_job(owner, state="COMPLETE")
+    with owned.connect("app") as conn:
+        refused(
+            conn, "SELECT * FROM dbq_claim_jobs_v2('default', 1, 'w', %s, 'h', 1, 30)", ["k" * 64]
+        )
+        refused(conn, "SELECT * FROM dbq_record_outcomes_v1(%s, '[]')", ["k" * 64])
+        refused(conn, "SELECT dbq_delete_old_jobs_v2(now())")
+        refused(conn, "SELECT dbq_replay_events_v4()")
+    assert events(owner, job_id) == ["created"]
+
+
+@pytest.mark.parametrize("kind", ["claimed", "lease_renewed", "created", "requeued", "updated"])
+def test_worker__records_only_outcome_kinds(owned, owner, kind):
+    job_id = create_job(owner, queue="outcomes")
+    key = new_worker_key()
+    with owned.connect("worker") as conn:
+        assert [row[0] for row in claim(conn, key, queue="outcomes")] == [job_id]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="a worker records"):
+            conn.execute(
+                "SELECT * FROM dbq_record_outcomes_v1(%s, jsonb_build_array(jsonb_build_object("
+                "'job_id', %s::uuid, 'kind', %s::text, 'payload', "
+                '\'{"lease_until": "infinity", "state": "NEW"}\'::jsonb)))',
+                [key, job_id, kind],
+            )
+    assert events(owner, job_id) == ["created", "claimed"]
+
+
+def test_worker__cannot_record_for_or_renew_a_job_another_worker_holds(owned, owner):
+    job_id = create_job(owner, queue="stolen")
+    holder, thief = new_worker_key(), new_worker_key()
+    with owned.connect("worker") as conn:
+        claim(conn, holder, queue="stolen", worker="holder")
+        (lease_key,) = owner.execute(
+            "SELECT lease_key FROM dbq_app.django_dbq_job WHERE id = %s", [job_id]
+        ).fetchone()
+        for key in (thief, lease_key):  # the hash that anyone may read is not the key
+            recorded = conn.execute(
+                "SELECT * FROM dbq_record_outcomes_v1(%s, jsonb_build_array(jsonb_build_object("
+                "'job_id', %s::uuid, 'kind', 'completed', 'payload', '{\"worker\": \"holder\"}'"
+                "::jsonb)))",
+                [key, job_id],
+            ).fetchall()
+            renewed = conn.execute(
+                "SELECT * FROM dbq_renew_leases_v2(%s, %s, 3600)", [key, [job_id]]
+            ).fetchall()
+            assert (recorded, renewed) == ([], [])
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="at least 32"):
+            claim(conn, "short")
+    assert events(owner, job_id) == ["created", "claimed"]
+
+
+def test_worker__lease_is_computed_by_the_server_and_capped(owned, owner):
+    create_job(owner, queue="lease")
+    with owned.connect("worker") as conn:
+        ((job_id, lease_until),) = claim(conn, new_worker_key(), queue="lease", lease=1e12)
+        now = conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()[0]
+    assert 3590 < lease_until - now <= 3601
+    assert job_row(owner, job_id)[3].timestamp() == pytest.approx(lease_until)
+
+
+def test_worker__cannot_record_once_its_lease_ran_out(owned, owner):
+    job_id = create_job(owner, queue="lapsed")
+    key = new_worker_key()
+    with owned.connect("worker") as conn:
+        claim(conn, key, queue="lapsed", lease=1)
+        time.sleep(1.1)
+        recorded = conn.execute(
+            "SELECT * FROM dbq_record_outcomes_v1(%s, jsonb_build_array(jsonb_build_object("
+            "'job_id', %s::uuid, 'kind', 'completed', 'payload', '{}'::jsonb)))",
+            [key, job_id],
+        ).fetchall()
+    assert recorded == []
+    assert job_row(owner, job_id)[0] == "PROCESSING"
+
+
+# 4. TEMP tables do not shadow the real ones.
+
+
+def test_temp_shadow_tables__do_not_steer_retention(owned, owner):
+    waiting = create_job(owner)
+    with owned.connect("maintenance") as conn:
+        conn.execute("CREATE TEMP TABLE django_dbq_job AS SELECT * FROM dbq_app.django_dbq_job")
+        conn.execute(
+            "CREATE TEMP TABLE django_dbq_jobevent AS SELECT * FROM dbq_app.django_dbq_jobevent"
+        )
+        conn.execute("UPDATE pg_temp.django_dbq_job SET state = 'COMPLETE', created = '2000-01-01'")
+        conn.execute("SET search_path = pg_temp, dbq_app")
+        conn.execute("SELECT dbq_app.dbq_delete_old_jobs_v2(now() - interval '1 day')")
+    assert job_row(owner, waiting)[0] == "NEW"
+    assert events(owner, waiting) == ["created"]
+
+
+def test_temp_shadow_tables__do_not_steer_the_workers_functions(owned, owner):
+    job_id = create_job(owner, queue="shadow")
+    key = new_worker_key()
+    with owned.connect("worker") as conn:
+        conn.execute("CREATE TEMP TABLE django_dbq_job AS SELECT * FROM dbq_app.django_dbq_job")
+        # In the copy the job is held by this worker's key; in truth nobody holds it.
+        conn.execute(
+            "UPDATE pg_temp.django_dbq_job SET state = 'PROCESSING', lease_until = 'infinity',"
+            " lease_key = encode(sha256(convert_to(%s, 'UTF8')), 'hex') WHERE id = %s",
+            [key, job_id],
+        )
+        conn.execute("SET search_path = pg_temp, dbq_app")
+        recorded = conn.execute(
+            "SELECT * FROM dbq_app.dbq_record_outcomes_v1(%s, jsonb_build_array("
+            "jsonb_build_object('job_id', %s::uuid, 'kind', 'completed', 'payload', '{}'::jsonb)))",
+            [key, job_id],
+        ).fetchall()
+    assert recorded == []
+    assert events(owner, job_id) == ["created"]
+
+
+# 5. Overloads and operators planted in the app's schema are never used.
+
+PLANTED = [
+    # An overload that is a closer match for a varchar argument.
+    "CREATE FUNCTION dbq_app.dbq_event_is_illegal_v2(text, integer, jsonb, boolean,"
+    " character varying, integer, boolean) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN"
+    " PERFORM set_config('dbq.planted', current_user, false); RETURN false; END $$",
+    "CREATE FUNCTION dbq_app.dbq_next_state_v2(character varying, character varying, jsonb,"
+    " boolean) RETURNS text LANGUAGE plpgsql AS $$ BEGIN"
+    " PERFORM set_config('dbq.planted', current_user, false); RETURN 'COMPLETE'; END $$",
+    # Operators for the varchar columns' comparisons.
+    "CREATE FUNCTION dbq_app.planted_eq(character varying, character varying) RETURNS boolean"
+    " LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('dbq.planted', current_user, false);"
+    " RETURN true; END $$",
+    "CREATE OPERATOR dbq_app.= (LEFTARG = character varying, RIGHTARG = character varying,"
+    " FUNCTION = dbq_app.planted_eq)",
+    "CREATE FUNCTION dbq_app.planted_eq_text(character varying, text) RETURNS boolean"
+    " LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('dbq.planted', current_user, false);"
+    " RETURN true; END $$",
+    "CREATE OPERATOR dbq_app.= (LEFTARG = character varying, RIGHTARG = text,"
+    " FUNCTION = dbq_app.planted_eq_text)",
+]
+
+
+@pytest.fixture
+def planted(owned):
+    with owned.connect("creator") as conn:
+        for statement in PLANTED:
+            conn.execute(statement)
+    yield
+    with owned.connect("creator") as conn:
+        conn.execute(f'DROP OWNED BY "{owned.roles["creator"]}"')
+
+
+def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, planted):
+    finished = create_job(owner, state="COMPLETE", queue="planted")
+    create_job(owner, queue="elsewhere")
+    with owned.connect("app") as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="illegal transition"):
+            conn.execute(
+                "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+                "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"state\": \"PROCESSING\"}'"
+                "::jsonb)))",
+                [finished],
+            )
+        assert conn.execute("SELECT current_setting('dbq.planted', true)").fetchone()[0] in (
+            None,
+            "",
+        )
+    with owned.connect("worker") as conn:
+        assert claim(conn, new_worker_key(), queue="planted") == []
+        assert conn.execute("SELECT current_setting('dbq.planted', true)").fetchone()[0] in (
+            None,
+            "",
+        )
+    assert job_row(owner, finished)[0] == "COMPLETE"
+
+
+# 6. What is installed: one definition per function, none executable by PUBLIC.
+
+
+def defined_functions():
+    """Each function of the sql/ files: name -> body, as the files hold them now."""
+    found = {}
+    for package, path in SQL_FILES:
+        text = read_sql(package, path).replace("@schema_literal@", f"'{SCHEMA}'")
+        text = text.replace("@schema@", f'"{SCHEMA}"')
+        for match in re.finditer(
+            rf'CREATE OR REPLACE FUNCTION "{SCHEMA}"\.(\w+)\(.*?AS \$\$\n?(.*?)\$\$;', text, re.S
+        ):
+            found[match[1]] = match[2]
+    return found
+
+
+def test_installed_functions__are_those_of_the_sql_files_and_no_others(owner):
+    installed = dict(
+        owner.execute(
+            "SELECT p.proname, p.prosrc FROM pg_proc p"
+            " WHERE p.pronamespace = %s::regnamespace AND p.proname LIKE 'dbq\\_%%'",
+            [SCHEMA],
+        ).fetchall()
+    )
+    defined = defined_functions()
+
+    assert sorted(installed) == sorted(defined), "superseded functions must be dropped"
+    changed = [n for n in defined if installed[n].strip() != defined[n].strip()]
+    assert changed == [], (
+        f"{changed} differ from what the migrations installed; you probably need a new "
+        "migration with a frozen copy of the changed sql/ file (and a _vN name)"
+    )
+
+
+def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, owner):
+    rows = owner.execute(
+        "SELECT p.proname, p.prosecdef, p.proconfig,"
+        " has_function_privilege('public', p.oid, 'EXECUTE') AS public_may,"
+        " ARRAY(SELECT r.rolname FROM pg_roles r WHERE r.rolname = ANY(%s)"
+        "       AND has_function_privilege(r.oid, p.oid, 'EXECUTE') ORDER BY 1) AS granted"
+        " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.proname LIKE 'dbq\\_%%'"
+        " ORDER BY 1",
+        [[owned.roles[k] for k in BELOW_OWNER], SCHEMA],
+    ).fetchall()
+    table = "\n".join(f"{r[0]:<28} definer={r[1]} {r[2]} public={r[3]} {r[4]}" for r in rows)
+    role_of = {name: kind for kind, name in owned.roles.items()}
+    definers = {name: sorted(role_of[g] for g in granted) for name, d, _, _, granted in rows if d}
+
+    assert not any(r[3] for r in rows), f"executable by PUBLIC:\n{table}"
+    pinned = [r[0] for r in rows if r[1] and "search_path=pg_catalog, pg_temp" in (r[2] or [])]
+    assert pinned == [r[0] for r in rows if r[1]], (
+        f"a SECURITY DEFINER function without search_path pg_catalog, pg_temp:\n{table}"
+    )
+    assert definers == {
+        "dbq_apply_events_v4": [],
+        "dbq_cancel_jobs_v2": ["app"],
+        "dbq_claim_jobs_v2": ["worker"],
+        "dbq_create_job_v1": ["app"],
+        "dbq_create_jobs_v1": ["app"],
+        "dbq_delete_old_jobs_v2": ["maintenance"],
+        "dbq_expire_leases_v2": ["worker"],
+        "dbq_record_outcomes_v1": ["worker"],
+        "dbq_release_jobs_v1": ["app"],
+        "dbq_renew_leases_v2": ["worker"],
+        "dbq_requeue_jobs_v2": ["app"],
+        "dbq_update_jobs_v1": ["app", "worker"],
+    }, table
+
+
+def test_write_rights__belong_to_the_owner_alone(owned, owner):
+    holders = owner.execute(
+        "SELECT DISTINCT c.relname, a.privilege_type, a.grantee::regrole::text"
+        " FROM pg_class c, aclexplode(c.relacl) a"
+        " WHERE c.relnamespace = %s::regnamespace AND c.relname LIKE 'django_dbq\\_%%'"
+        " AND a.grantee <> c.relowner AND a.privilege_type <> 'SELECT'",
+        [SCHEMA],
+    ).fetchall()
+
+    assert holders == []
+
+
+# 7. The app in a schema of its own, run by its roles end to end.
+
+
+def test_schema_of_its_own__workers_and_app_run_jobs_with_their_roles(owned, owner):
+    script = (
+        "from django_dbq.models import Job;"
+        "job = Job.objects.create(name='twotasks', queue_name='own', workspace={'a': 1});"
+        "job.priority = 3; job.save();"
+        "Job.objects.bulk_create([Job(name='twotasks', queue_name='own') for _ in range(600)])"
+    )
+    created = owned.manage("app", "shell", "-c", script)
+    assert created.returncode == 0, created.stderr[-2000:]
+
+    ran = owned.manage("worker", "worker", "own", "--burst")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+
+    states = owner.execute(
+        "SELECT state, count(*) FROM dbq_app.django_dbq_job WHERE queue_name = 'own' GROUP BY 1"
+    ).fetchall()
+    assert states == [("COMPLETE", 601)]
+    verified = owned.manage("owner", "replay_events", "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    in_public = owner.execute(
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        " AND relname LIKE 'django_dbq%%'"
+    ).fetchone()[0]
+    assert in_public == 0
