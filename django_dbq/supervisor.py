@@ -1,10 +1,11 @@
-"""Running several worker processes from one command (`worker --concurrency N`)."""
+"""Running several worker processes from one command (`worker --concurrency N`), restarting those that die."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,13 +14,28 @@ from django.db import connections
 logger = logging.getLogger(__name__)
 
 
+# A child that dies (killed, or exits non-zero) is started again after this
+# delay, doubled for each quick death in a row up to RESTART_MAX_DELAY; a child
+# that ran for RESTART_RESET seconds counts as healthy again.
+RESTART_DELAY = 1.0
+RESTART_MAX_DELAY = 30.0
+RESTART_RESET = 60.0
+
+
 def run_processes(count: int, target: Callable[[], None]) -> int:
-    """Fork `count` processes running target; forward signals; return the worst exit status."""
+    """Fork `count` processes running target, restart those that die, forward signals.
+
+    Returns the worst exit status of the processes' final exits (0 when each
+    finished its work or stopped on a signal).
+    """
     connections.close_all()  # a connection must not be shared across fork
-    children = [_spawn(target) for _ in range(count)]
+    children = {_spawn(target): time.monotonic() for _ in range(count)}
+    stopping = False
 
     def forward(signum: int, frame: Any) -> None:
-        for pid in children:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
@@ -27,11 +43,31 @@ def run_processes(count: int, target: Callable[[], None]) -> int:
 
     for name in ("SIGINT", "SIGTERM", "SIGQUIT"):
         signal.signal(getattr(signal, name), forward)
-    worst = 0
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status) & 0xFF)
+    worst, delay = 0, RESTART_DELAY
+    while children:
+        pid, status = os.wait()
+        started = children.pop(pid, None)
+        if started is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0 or stopping:
+            worst = max(worst, code & 0xFF)
+            continue
+        delay = RESTART_DELAY if time.monotonic() - started > RESTART_RESET else delay
+        logger.warning("event=worker_died pid=%s status=%s restart_in=%.1fs", pid, code, delay)
+        _sleep_unless(lambda: stopping, delay)
+        if stopping:
+            worst = max(worst, code & 0xFF)
+            continue
+        children[_spawn(target)] = time.monotonic()
+        delay = min(delay * 2, RESTART_MAX_DELAY)
     return worst
+
+
+def _sleep_unless(stopped: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not stopped() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
 
 
 def _spawn(target: Callable[[], None]) -> int:

@@ -140,10 +140,11 @@ class Worker:
         self._release_unstarted(overdue_only=False)  # left over when a release failed
         jobs = self._claim()
         if not jobs:
-            if self.burst:
-                self.alive = False
-            else:
+            if not self.burst:
                 self._wait_for_work()
+            elif not expire_leases(self.worker_id, using=self.using):
+                # Nothing ready and no job left behind by a dead worker: done.
+                self.alive = False
             return
         with self._lock:
             self._unstarted, self._batch_started, self._batch_ran = jobs, time.monotonic(), 0

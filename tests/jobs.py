@@ -1,6 +1,7 @@
 """Tasks and hooks named in the test settings' JOBS."""
 
 import os
+import signal
 import sys
 import time
 
@@ -104,6 +105,14 @@ def sleep_on_first_run(job):
         time.sleep(60)
 
 
+def kill_worker_on_first_run(job):
+    """Kills its own worker process on the first run of the job (a segfault, the OOM killer)."""
+    first = not runs_of(job.id)
+    record_run(job)
+    if first:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 SEEN = {}
 
 
@@ -113,6 +122,15 @@ def saving_task(job):
     job.save()  # nothing changed yet: no event
     job.workspace["progress"] = 50
     job.save()
+
+
+def saving_slowly(job):
+    """Saves its progress every 0.1 s for workspace["seconds"] (a deploy's SIGTERM comes in it)."""
+    record_run(job)
+    for step in range(int(job.workspace.get("seconds", 1) * 10)):
+        time.sleep(0.1)
+        job.workspace["progress"] = step
+        job.save()
 
 
 def flaky_task(job):

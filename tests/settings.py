@@ -91,7 +91,9 @@ JOBS = {
     "unstorable": ["tests.jobs.unstorable_workspace_task"],
     "counted": ["tests.jobs.record_run", "tests.jobs.record_run_again"],
     "counted_once": ["tests.jobs.record_run"],
+    "saves_slowly": ["tests.jobs.saving_slowly"],
     "killed_once": ["tests.jobs.sleep_on_first_run"],
+    "kills_its_worker_once": ["tests.jobs.kill_worker_on_first_run"],
     "saves": ["tests.jobs.saving_task"],
     "flaky": {
         "tasks": ["tests.jobs.task_one", "tests.jobs.flaky_task"],

@@ -71,6 +71,11 @@ def finish(process, timeout=60):
     return process.returncode, out, err
 
 
+def children_of(pid):
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return found.stdout.split()
+
+
 def kinds(job_id):
     return list(Job.objects.get(pk=job_id).events.values_list("kind", flat=True))
 
@@ -110,6 +115,33 @@ def test_concurrency_option__runs_several_processes(runs_file):
     assert len(pids) == 2
 
 
+def test_concurrency_option__restarts_a_child_that_dies_and_the_job_completes(runs_file):
+    job = Job.objects.create(name="kills_its_worker_once")
+    supervisor = start_worker("--concurrency", "2", DBQ_LEASE_SECONDS="1.5")
+
+    wait_for(lambda: Job.objects.get(pk=job.pk).state == Job.STATES.COMPLETE, timeout=30)
+    wait_for(lambda: len(children_of(supervisor.pid)) == 2)  # the dead one was replaced
+    supervisor.send_signal(signal.SIGTERM)
+    code, _, err = finish(supervisor)
+
+    assert code == 0, err[-2000:]
+    assert "event=worker_died" in err and "status=-9" in err
+    assert kinds(job.id) == ["created", "claimed", "lease_expired", "claimed", "completed"]
+    assert len(runs_of(job.id)) == 2
+
+
+def test_burst__returns_jobs_of_a_dead_worker_before_it_decides_the_queue_is_empty(runs_file):
+    job = Job.objects.create(name="kills_its_worker_once")
+    crashed = start_worker("--burst", DBQ_LEASE_SECONDS="1")
+    assert finish(crashed)[0] == -9
+    time.sleep(1.1)
+
+    code, _, err = finish(start_worker("--burst", DBQ_LEASE_SECONDS="1"))
+
+    assert code == 0, err[-2000:]
+    assert kinds(job.id) == ["created", "claimed", "lease_expired", "claimed", "completed"]
+
+
 def test_kill_9__the_job_is_finished_by_another_worker_after_the_lease(runs_file):
     job = Job.objects.create(name="killed_once")
     first = start_worker(DBQ_LEASE_SECONDS="2")
@@ -141,6 +173,25 @@ def test_sigterm__records_stopping_finishes_the_task_and_exits_0(runs_file):
     assert kinds(job.id) == ["created", "claimed", "stopping", "completed"]
     assert Job.objects.get(pk=job.pk).state == Job.STATES.COMPLETE
     assert Job.objects.get(pk=waiting.pk).state in (Job.STATES.NEW, Job.STATES.COMPLETE)
+    assert verify_projection().ok
+
+
+def test_sigterm__a_task_that_saves_its_progress_finishes_and_completes(runs_file):
+    job = Job.objects.create(name="saves_slowly", workspace={"seconds": 1.5})
+    worker = start_worker()
+    wait_for(lambda: runs_of(job.id))
+    time.sleep(0.3)
+
+    worker.send_signal(signal.SIGTERM)
+    code, _, err = finish(worker)
+
+    assert code == 0, err[-2000:]
+    history = kinds(job.id)
+    assert history[:2] == ["created", "claimed"] and history[-1] == "completed", history
+    assert "stopping" in history and history.index("stopping") < len(history) - 2, history
+    assert set(history[2:-1]) == {"updated", "stopping"}, history
+    done = Job.objects.get(pk=job.pk)
+    assert (done.state, done.workspace["progress"]) == (Job.STATES.COMPLETE, 14)
     assert verify_projection().ok
 
 

@@ -33,6 +33,8 @@ _PLAIN_FIELDS = tuple(field for field in TRACKED_FIELDS if field not in ("state"
 CREATE_STATES = ("NEW", "READY", "FAILED", "COMPLETE")
 # The states no worker holds, among which save() may move a job (as the state machine does).
 SAVE_STATES = (*CREATE_STATES, "CANCELLED")
+# The states in which a worker holds a job; only the worker's events move a job among them.
+WORKER_STATES = ("PROCESSING", "STOPPING")
 SMALLINT_RANGE = (-32768, 32767)
 QUEUE_NAME_LENGTH = 20
 
@@ -85,6 +87,10 @@ def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None)
 def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) -> None:
     """Append one `updated` event holding the fields of job that changed since it was loaded."""
     changes = _changed_fields(job, update_fields)
+    if changes.get("state") in WORKER_STATES and _loaded_state(job) in WORKER_STATES:
+        # A running task saving its job: the worker marks the instance STOPPING
+        # when it records `stopping`, and the save must not try to set it.
+        del changes["state"]
     if not changes:
         return
     for field, value in changes.items():
@@ -97,6 +103,10 @@ def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) ->
     payload = jsonutil.dumps({f: _to_json(f, v) for f, v in changes.items()}, "workspace")
     (appended,) = append_updates([(job.pk, "updated", payload)], using=using)
     _mark_saved(job, using, version=appended.version, at=appended.at, snapshot=_snapshot(job))
+
+
+def _loaded_state(job: Job) -> Any:
+    return job.__dict__.get("_dbq_loaded", {}).get("state")
 
 
 class _WorkspaceText(str):
