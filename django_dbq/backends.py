@@ -14,21 +14,20 @@ import uuid
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.utils.module_loading import import_string
 
 from django_dbq.exceptions import InvalidJobError
-from django_dbq.taskrun import TASK_JOB, as_json
+from django_dbq.taskrun import TASK_JOB, as_json, load_task
 
 try:  # Django 6
     from django.tasks.backends.base import BaseTaskBackend
-    from django.tasks.base import TaskContext, TaskError, TaskResult, TaskResultStatus
+    from django.tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
     from django.tasks.exceptions import TaskResultDoesNotExist
 except ImportError:  # Django 5.2 with the django-tasks backport
     from django_tasks.backends.base import BaseTaskBackend
-    from django_tasks.base import TaskContext, TaskError, TaskResult, TaskResultStatus
+    from django_tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
     from django_tasks.exceptions import TaskResultDoesNotExist
 
-__all__ = ["LedgerBackend", "TaskContext"]
+__all__ = ["LedgerBackend", "Task", "TaskContext"]
 
 STATUS = {
     "NEW": TaskResultStatus.READY,
@@ -83,7 +82,7 @@ class LedgerBackend(BaseTaskBackend):
                 "kind", "at", "payload"
             )
         )
-        return self._result(job, import_string(job.workspace["task"]), events)
+        return self._result(job, load_task(job.workspace["task"]), events)
 
     def _result(
         self, job: Any, task: Any, events: list[tuple[str, Any, dict[str, Any]]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
-from django.core.checks import Error, register
+from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from django_dbq import tasks
@@ -23,6 +23,45 @@ def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             id="django_dbq.E001",
         )
     ]
+
+
+_SCHEMA_CREATORS = """
+SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, n.nspname
+FROM pg_catalog.pg_namespace n, LATERAL aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner))) a
+WHERE n.oid = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = 'django_dbq_job'::regclass)
+  AND a.privilege_type = 'CREATE'
+  AND a.grantee NOT IN (n.nspowner,
+                        (SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'django_dbq_job'::regclass))
+ORDER BY 1
+"""
+
+
+@register(Tags.database)
+def check_schema_creators(databases: Any = None, **kwargs: Any) -> list[Warning]:
+    """No role but the owner may CREATE in the schema of the job tables (runs with --database)."""
+    from django.db import DatabaseError, connections, transaction
+
+    warnings: list[Warning] = []
+    for alias in databases or []:
+        try:
+            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+                cursor.execute(_SCHEMA_CREATORS)
+                rows = cursor.fetchall()
+        except DatabaseError:
+            continue  # not migrated yet, or not this app's database
+        if rows:
+            roles, schema = ", ".join(row[0] for row in rows), rows[0][1]
+            warnings.append(
+                Warning(
+                    f"Roles other than the owner may CREATE in schema {schema!r} of the job "
+                    f"tables: {roles}. Such a role can plant operators and functions there that "
+                    "run with the rights of every role whose search_path holds the schema "
+                    "(the ORM's queries included; django-dbq's own functions are pinned).",
+                    hint=f"REVOKE CREATE ON SCHEMA {schema} FROM {roles}; (as the schema's owner).",
+                    id="django_dbq.W001",
+                )
+            )
+    return warnings
 
 
 # The database caps every lease at this many seconds (events/sql/worker.sql).

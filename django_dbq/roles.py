@@ -4,8 +4,9 @@ No role but the tables' owner holds a write right on either table. Every append
 goes through a function that runs with the owner's rights and takes only what
 the calling role may do; each role is granted its functions and SELECT:
 
-- worker: claims jobs, records the outcomes of the jobs it holds (proved by its
-  secret key, under a live lease), renews its leases, expires lapsed ones.
+- worker: claims jobs, records the outcomes of the jobs it holds and saves them
+  (proved by its secret key, under a live lease), renews its leases, expires
+  lapsed ones, and enqueues jobs (tasks may); it saves no job it does not hold.
 - app (the web application, the admin, operators' commands): enqueues
   (`created` in a state a creation allows), saves (`updated`), cancels,
   requeues, and releases jobs whose worker is gone.
@@ -34,10 +35,14 @@ APP_FUNCTIONS = (
 WORKER_FUNCTIONS = (
     "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8)",
     "dbq_record_outcomes_v1(text, jsonb)",
+    "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8)",
     "dbq_renew_leases_v2(text, uuid[], float8)",
     "dbq_expire_leases_v2(text, integer)",
-    # A task may save its job (job.save()) while it runs.
-    "dbq_update_jobs_v1(jsonb)",
+    # A task saves the job it runs (job.save()), proved by the worker's key.
+    "dbq_save_held_v1(text, jsonb)",
+    # A task may enqueue more jobs.
+    "dbq_create_job_v1(uuid, jsonb)",
+    "dbq_create_jobs_v1(jsonb)",
 )
 RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v2(timestamptz)",)
 # What no role but the owner may hold on the tables and the event id sequence.

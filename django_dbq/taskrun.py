@@ -25,13 +25,35 @@ def as_json(value: Any, what: str) -> Any:
         ) from None
 
 
-def run(job: Any) -> None:
-    """Call the Django task the job holds and keep its return value."""
+def load_task(path: Any) -> Any:
+    """The `@task` at path; refuses anything else, whatever the workspace says.
+
+    The workspace is data that any role allowed to enqueue can write, so the path
+    must name a task declared with the Tasks framework for this backend, never an
+    arbitrary callable (such as subprocess.call).
+    """
     from django.utils.module_loading import import_string
 
+    from django_dbq.backends import LedgerBackend, Task
+
+    task = import_string(path) if isinstance(path, str) else None
+    if not (
+        isinstance(task, Task)
+        and task.module_path == path
+        and isinstance(task.get_backend(), LedgerBackend)
+    ):
+        raise TypeError(
+            f"{path!r} is not a task of the LedgerBackend; a django_dbq.task job runs "
+            "only functions decorated with @task whose backend is LedgerBackend."
+        )
+    return task
+
+
+def run(job: Any) -> None:
+    """Call the Django task the job holds and keep its return value."""
     from django_dbq.backends import TaskContext
 
-    task = import_string(job.workspace["task"])
+    task = load_task(job.workspace["task"])
     args, kwargs = job.workspace["args"], job.workspace["kwargs"]
     if job.workspace.get("takes_context"):
         result = task.get_backend().get_result(str(job.id))

@@ -219,6 +219,8 @@ class Worker:
         job._state.db = self.using
         remember_loaded(job, CLAIM_FIELDS, workspace_text=text)
         job._dbq_prior_state = row[len(CLAIM_FIELDS)]
+        # The task's job.save() proves the claim with it (writes.record_changes).
+        job.__dict__["_dbq_key"] = self._key
         return job
 
     def _run_one(self, job: Job) -> None:

@@ -51,6 +51,11 @@ TASKS = {
 DATABASES = {"default": database_settings(database_url(BASE_DIR / ".pgdata"))}
 # A test database per run, so that two suites on one server do not drop each other's.
 DATABASES["default"]["TEST"] = {"NAME": f"test_dbq_{os.getpid()}"}
+# Subprocess tests of the connection options a user may set (README, Settings).
+if os.environ.get("DBQ_TEST_SERVER_SIDE_BINDING"):
+    DATABASES["default"]["OPTIONS"] = {"server_side_binding": True}
+if os.environ.get("DBQ_TEST_PREPARE_THRESHOLD"):
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 1
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 JOBS = {

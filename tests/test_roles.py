@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 import uuid
 from io import StringIO
 from pathlib import Path
@@ -66,11 +67,13 @@ def refused(conn, statement, params=None):
 
 def test_worker_role__runs_jobs_with_no_write_right_on_the_projection(roles):
     jobs = Job.objects.bulk_create([Job(name="twotasks") for _ in range(20)])
+    saving = Job.objects.create(name="saves")  # its task saves the job it runs
 
     ran = manage(roles["worker"], "worker", "--burst")
 
     assert ran.returncode == 0, ran.stderr[-2000:]
-    assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == len(jobs)
+    assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == len(jobs) + 1
+    assert Job.objects.get(pk=saving.pk).workspace["progress"] == 50
     assert verify_projection().ok
 
 
@@ -90,7 +93,7 @@ def test_worker_role__cannot_rewrite_history_or_the_projection(roles):
         refused(conn, "SELECT dbq_delete_old_jobs_v2(now())")
         refused(conn, "SELECT dbq_replay_events_v4()")
         refused(conn, "SELECT dbq_fold_events_v1(ARRAY[]::django_dbq_jobevent[])")
-        refused(conn, "SELECT dbq_create_job_v1(gen_random_uuid(), '{}')")
+        refused(conn, "SELECT * FROM dbq_update_jobs_v1('[]')")
         refused(conn, "SELECT * FROM dbq_cancel_jobs_v2(ARRAY[]::uuid[], '')")
     assert Job.objects.get(pk=job.pk).state == Job.STATES.NEW
     assert JobEvent.objects.count() == 1
@@ -139,3 +142,37 @@ def test_maintenance_role__runs_delete_old_jobs_and_nothing_else(roles):
             [waiting.id],
         )
         refused(conn, "DELETE FROM django_dbq_jobevent")
+
+
+def test_worker_key__never_appears_in_the_statement_text_other_sessions_read(roles):
+    """A heartbeat waiting on a row lock shows its statement in pg_stat_activity, not its key."""
+    import threading
+
+    from django_dbq.events.claims import claim_jobs, new_worker_key, renew_leases
+
+    job = Job.objects.create(name="testjob")
+    key = new_worker_key()
+    claim_jobs("default", 1, "w", key, "h", 1, 30)
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
+    with psycopg.connect(**params) as locker, psycopg.connect(**params, autocommit=True) as spy:
+        locker.execute("SELECT 1 FROM django_dbq_job WHERE id = %s FOR UPDATE", [job.id])
+
+        def heartbeat():
+            try:
+                renew_leases(key, [job.id], 30)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=heartbeat)
+        thread.start()
+        texts = []
+        for _ in range(100):
+            texts = [q for (q,) in spy.execute("SELECT query FROM pg_stat_activity")]
+            if any("dbq_renew_leases_v2" in q for q in texts):
+                break
+            time.sleep(0.05)
+        locker.rollback()
+        thread.join(timeout=10)
+
+    assert any("dbq_renew_leases_v2" in q for q in texts)
+    assert not [q for q in texts if key in q]

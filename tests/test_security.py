@@ -198,6 +198,31 @@ def test_guard__a_role_granted_delete_by_mistake_still_cannot_delete_history(own
     ).fetchone()[0]
 
 
+def test_guard__a_role_granted_writes_on_the_projection_by_mistake_still_cannot_write_it(
+    owned, owner
+):
+    job_id = create_job(owner, state="COMPLETE")
+    role = owned.roles["none"]
+    owner.execute(f'GRANT INSERT, UPDATE, DELETE, TRUNCATE ON dbq_app.django_dbq_job TO "{role}"')
+    try:
+        with owned.connect("none") as conn:
+            conn.execute("SET dbq.applying = 'on'")
+            for statement in (
+                "UPDATE dbq_app.django_dbq_job SET state = 'READY'",
+                "DELETE FROM dbq_app.django_dbq_job",
+                "TRUNCATE dbq_app.django_dbq_job",
+                "INSERT INTO dbq_app.django_dbq_job (id) VALUES (gen_random_uuid())",
+            ):
+                with pytest.raises(
+                    psycopg.errors.InsufficientPrivilege, match="projection of the job ledger"
+                ):
+                    conn.execute(statement)
+    finally:
+        regrant = owned.manage("owner", "ledger_grants", "--execute", "--app", owned.roles["app"])
+        assert regrant.returncode == 0, regrant.stderr
+    assert job_row(owner, job_id)[0] == "COMPLETE"
+
+
 # 3. Each role appends only what its functions allow.
 
 
@@ -328,6 +353,64 @@ def test_worker__cannot_record_once_its_lease_ran_out(owned, owner):
     assert job_row(owner, job_id)[0] == "PROCESSING"
 
 
+def test_worker__saves_only_the_job_it_holds(owned, owner):
+    held, other = create_job(owner, queue="saves"), create_job(owner, queue="elsewhere")
+    key = new_worker_key()
+    save = (
+        "SELECT * FROM dbq_save_held_v1(%s, jsonb_build_array(jsonb_build_object("
+        "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"workspace\": {\"p\": 1}}'::jsonb)))"
+    )
+    with owned.connect("worker") as conn:
+        claim(conn, key, queue="saves")
+        assert [row[0] for row in conn.execute(save, [key, held]).fetchall()] == [held]
+        assert conn.execute(save, [key, other]).fetchall() == []
+        assert conn.execute(save, [new_worker_key(), held]).fetchall() == []
+        refused(conn, "SELECT * FROM dbq_update_jobs_v1('[]')")
+    assert events(owner, held) == ["created", "claimed", "updated"]
+    assert events(owner, other) == ["created"]
+
+
+@pytest.mark.parametrize(
+    "run_after", ["13/01/2030 00:00", "now", "2030-01-01 00:00", "2030-01-01T00:00:00", "tomorrow"]
+)
+def test_times__only_iso_8601_with_an_offset_so_that_replay_reads_them_the_same(
+    owned, owner, run_after
+):
+    job_id = create_job(owner, queue="times")
+    key = new_worker_key()
+    bad = Jsonb({"name": "testjob", "run_after": run_after})
+    with owned.connect("app") as conn:
+        conn.execute("SET DateStyle = 'ISO, DMY'")
+        for statement in (
+            "SELECT dbq_create_job_v1(gen_random_uuid(), %s)",
+            "SELECT * FROM dbq_create_jobs_v1(jsonb_build_array("
+            "jsonb_build_object('job_id', gen_random_uuid(), 'payload', %s::jsonb)))",
+        ):
+            with pytest.raises(psycopg.errors.InvalidDatetimeFormat, match="ISO 8601"):
+                conn.execute(statement, [bad])
+        with pytest.raises(psycopg.errors.InvalidDatetimeFormat):
+            conn.execute(
+                "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+                "'job_id', %s::uuid, 'kind', 'updated', 'payload', jsonb_build_object("
+                "'run_after', %s::text))))",
+                [job_id, run_after],
+            )
+        conn.execute(
+            "SELECT dbq_create_job_v1(gen_random_uuid(), %s)",
+            [Jsonb({"name": "testjob", "run_after": "2030-01-13T00:00:00.5+05:30"})],
+        )
+    with owned.connect("worker") as conn:
+        claim(conn, key, queue="times")
+        with pytest.raises(psycopg.errors.InvalidDatetimeFormat):
+            conn.execute(
+                "SELECT * FROM dbq_record_outcomes_v1(%s, jsonb_build_array(jsonb_build_object("
+                "'job_id', %s::uuid, 'kind', 'retried', 'payload', jsonb_build_object("
+                "'run_after', %s::text))))",
+                [key, job_id, run_after],
+            )
+    assert events(owner, job_id) == ["created", "claimed"]
+
+
 # 4. TEMP tables do not shadow the real ones.
 
 
@@ -368,25 +451,35 @@ def test_temp_shadow_tables__do_not_steer_the_workers_functions(owned, owner):
 
 # 5. Overloads and operators planted in the app's schema are never used.
 
+
+def planted_function(name, args, returns):
+    """A function of the creator's that fails loudly wherever it is called."""
+    return (
+        f"CREATE FUNCTION dbq_app.{name}({args}) RETURNS {returns} LANGUAGE plpgsql AS $$"
+        " BEGIN RAISE EXCEPTION 'planted code ran as %', current_user; END $$"
+    )
+
+
+VC = "character varying"
 PLANTED = [
-    # An overload that is a closer match for a varchar argument.
-    "CREATE FUNCTION dbq_app.dbq_event_is_illegal_v2(text, integer, jsonb, boolean,"
-    " character varying, integer, boolean) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN"
-    " PERFORM set_config('dbq.planted', current_user, false); RETURN false; END $$",
-    "CREATE FUNCTION dbq_app.dbq_next_state_v2(character varying, character varying, jsonb,"
-    " boolean) RETURNS text LANGUAGE plpgsql AS $$ BEGIN"
-    " PERFORM set_config('dbq.planted', current_user, false); RETURN 'COMPLETE'; END $$",
-    # Operators for the varchar columns' comparisons.
-    "CREATE FUNCTION dbq_app.planted_eq(character varying, character varying) RETURNS boolean"
-    " LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('dbq.planted', current_user, false);"
-    " RETURN true; END $$",
-    "CREATE OPERATOR dbq_app.= (LEFTARG = character varying, RIGHTARG = character varying,"
-    " FUNCTION = dbq_app.planted_eq)",
-    "CREATE FUNCTION dbq_app.planted_eq_text(character varying, text) RETURNS boolean"
-    " LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('dbq.planted', current_user, false);"
-    " RETURN true; END $$",
-    "CREATE OPERATOR dbq_app.= (LEFTARG = character varying, RIGHTARG = text,"
-    " FUNCTION = dbq_app.planted_eq_text)",
+    # Overloads that are a closer match wherever a varchar argument is passed uncast.
+    *(
+        planted_function(
+            "dbq_event_is_illegal_v2",
+            f"{kind}, integer, jsonb, boolean, {state}, integer, boolean",
+            "boolean",
+        )
+        for kind, state in ((VC, "text"), ("text", VC), (VC, VC))
+    ),
+    *(
+        planted_function("dbq_next_state_v2", f"{kind}, {state}, jsonb, boolean", "text")
+        for kind, state in ((VC, "text"), ("text", VC), (VC, VC))
+    ),
+    # Operators for comparisons of the varchar columns, which pg_catalog lacks.
+    planted_function("planted_eq", f"{VC}, {VC}", "boolean"),
+    f"CREATE OPERATOR dbq_app.= (LEFTARG = {VC}, RIGHTARG = {VC}, FUNCTION = dbq_app.planted_eq)",
+    planted_function("planted_eq_text", f"{VC}, text", "boolean"),
+    f"CREATE OPERATOR dbq_app.= (LEFTARG = {VC}, RIGHTARG = text, FUNCTION = dbq_app.planted_eq_text)",
 ]
 
 
@@ -402,7 +495,7 @@ def planted(owned):
 
 def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, planted):
     finished = create_job(owner, state="COMPLETE", queue="planted")
-    create_job(owner, queue="elsewhere")
+    waiting = create_job(owner, queue="planted")
     with owned.connect("app") as conn:
         with pytest.raises(psycopg.errors.CheckViolation, match="illegal transition"):
             conn.execute(
@@ -411,17 +504,36 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
                 "::jsonb)))",
                 [finished],
             )
-        assert conn.execute("SELECT current_setting('dbq.planted', true)").fetchone()[0] in (
-            None,
-            "",
+        # A legal save goes through the fold's UPDATE and its state machine.
+        conn.execute(
+            "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+            "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"priority\": 5}'::jsonb)))",
+            [waiting],
         )
+        conn.execute("SELECT * FROM dbq_cancel_jobs_v2(ARRAY[%s]::uuid[], 'x')", [finished])
+        conn.execute('SELECT dbq_create_job_v1(gen_random_uuid(), \'{"name": "t"}\')')
+    key = new_worker_key()
     with owned.connect("worker") as conn:
-        assert claim(conn, new_worker_key(), queue="planted") == []
-        assert conn.execute("SELECT current_setting('dbq.planted', true)").fetchone()[0] in (
-            None,
-            "",
+        assert [row[0] for row in claim(conn, key, queue="planted")] == [waiting]
+        conn.execute(
+            "SELECT * FROM dbq_record_and_claim_v1(%s, jsonb_build_array(jsonb_build_object("
+            "'job_id', %s::uuid, 'kind', 'completed', 'payload', '{}'::jsonb)),"
+            " 'planted', 10, 'w', 'h', 1, 30)",
+            [key, waiting],
         )
+        conn.execute("SELECT * FROM dbq_expire_leases_v2('w', 10)")
+    # The owner's own rebuild, in a session whose search_path is the app's schema.
+    with owned.connect("owner") as conn, conn.transaction(force_rollback=True):
+        conn.execute("SELECT dbq_replay_events_v4()")
     assert job_row(owner, finished)[0] == "COMPLETE"
+    assert job_row(owner, waiting)[0] == "COMPLETE"
+
+
+def test_schema_creator__is_named_by_manage_py_check(owned):
+    checked = owned.manage("owner", "check", "--database", "default")
+
+    assert "django_dbq.W001" in checked.stderr + checked.stdout
+    assert owned.roles["creator"] in checked.stderr + checked.stdout
 
 
 # 6. What is installed: one definition per function, none executable by PUBLIC.
@@ -464,8 +576,8 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         " has_function_privilege('public', p.oid, 'EXECUTE') AS public_may,"
         " ARRAY(SELECT r.rolname FROM pg_roles r WHERE r.rolname = ANY(%s)"
         "       AND has_function_privilege(r.oid, p.oid, 'EXECUTE') ORDER BY 1) AS granted"
-        " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.proname LIKE 'dbq\\_%%'"
-        " ORDER BY 1",
+        " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace"
+        " AND (p.proname LIKE 'dbq\\_%%' OR p.proname LIKE 'pgtrigger\\_%%') ORDER BY 1",
         [[owned.roles[k] for k in BELOW_OWNER], SCHEMA],
     ).fetchall()
     table = "\n".join(f"{r[0]:<28} definer={r[1]} {r[2]} public={r[3]} {r[4]}" for r in rows)
@@ -481,15 +593,17 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_apply_events_v4": [],
         "dbq_cancel_jobs_v2": ["app"],
         "dbq_claim_jobs_v2": ["worker"],
-        "dbq_create_job_v1": ["app"],
-        "dbq_create_jobs_v1": ["app"],
+        "dbq_create_job_v1": ["app", "worker"],
+        "dbq_create_jobs_v1": ["app", "worker"],
         "dbq_delete_old_jobs_v2": ["maintenance"],
         "dbq_expire_leases_v2": ["worker"],
+        "dbq_record_and_claim_v1": ["worker"],
         "dbq_record_outcomes_v1": ["worker"],
         "dbq_release_jobs_v1": ["app"],
         "dbq_renew_leases_v2": ["worker"],
         "dbq_requeue_jobs_v2": ["app"],
-        "dbq_update_jobs_v1": ["app", "worker"],
+        "dbq_save_held_v1": ["worker"],
+        "dbq_update_jobs_v1": ["app"],
     }, table
 
 

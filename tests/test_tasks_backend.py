@@ -97,3 +97,23 @@ def test_get_result__of_an_unknown_id_raises():
         tasks_app.add.get_result("00000000-0000-0000-0000-000000000000")
     with pytest.raises(TaskResultDoesNotExist):
         tasks_app.add.get_result("not-an-id")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["subprocess.call", "django.utils.autoreload.subprocess", "tests.jobs.task_one", 42],
+)
+def test_task_job__runs_only_tasks_of_this_backend_whatever_the_workspace_says(path, tmp_path):
+    # Anyone who may enqueue writes the workspace; it must not name any callable.
+    marker = tmp_path / "ran"
+    job = Job.objects.create(
+        name="django_dbq.task",
+        workspace={"task": path, "args": [f"touch {marker}"], "kwargs": {"shell": True}},
+    )
+
+    drain()
+
+    job.refresh_from_db()
+    assert job.state == Job.STATES.FAILED
+    assert not marker.exists()
+    assert "is not a task of the LedgerBackend" in job.events.last().payload["error"]["message"]

@@ -115,6 +115,20 @@ def test_concurrency_option__runs_several_processes(runs_file):
     assert len(pids) == 2
 
 
+@pytest.mark.parametrize("option", ["DBQ_TEST_SERVER_SIDE_BINDING", "DBQ_TEST_PREPARE_THRESHOLD"])
+def test_connection_options__the_worker_drains_with_each(runs_file, option):
+    jobs = Job.objects.bulk_create([Job(name="counted") for _ in range(30)])
+    saving = Job.objects.create(name="saves")
+
+    code, _, err = finish(start_worker("--burst", **{option: "1"}))
+
+    assert code == 0, err[-2000:]
+    assert "database_error" not in err, err[-2000:]
+    assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == len(jobs) + 1
+    assert Job.objects.get(pk=saving.pk).workspace["progress"] == 50
+    assert verify_projection().ok
+
+
 def test_concurrency_option__restarts_a_child_that_dies_and_the_job_completes(runs_file):
     job = Job.objects.create(name="kills_its_worker_once")
     supervisor = start_worker("--concurrency", "2", DBQ_LEASE_SECONDS="1.5")

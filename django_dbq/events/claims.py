@@ -1,7 +1,7 @@
 """The worker's side of the ledger: claim, record outcomes, renew and expire leases.
 
-Each function is one round trip (record_and_claim sends two statements in it);
-none holds a transaction open across a task. `key` is the worker's secret: the
+Each function is one statement and one round trip; none holds a transaction
+open across a task. `key` is the worker's secret: the
 database accepts a worker's events only for jobs claimed with the same key
 (new_worker_key() makes one).
 """
@@ -13,9 +13,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS
 
-from django_dbq.events.append import encode_events
+from django_dbq.clock import from_epoch
+from django_dbq.events.append import Appended, bound_cursor, encode_events
 from django_dbq.sqlfiles import bind, load_queries
 
 # The columns jobs_claim returns, in order: Job's concrete fields (created,
@@ -46,7 +47,9 @@ def new_worker_key() -> str:
 
 
 def _execute(name: str, params: dict[str, Any], using: str) -> list[tuple[Any, ...]]:
-    with connections[using].cursor() as cursor:
+    # Bound by the server: the key travels apart from the statement text, which
+    # any session of the same role can read in pg_stat_activity.
+    with bound_cursor(using) as cursor:
         cursor.execute(*bind(load_queries("django_dbq.events", "claims.sql")[name], params))
         return cursor.fetchall()
 
@@ -85,29 +88,23 @@ def record_and_claim(
     lease_seconds: float,
     using: str = DEFAULT_DB_ALIAS,
 ) -> tuple[set[uuid.UUID], list[tuple[Any, ...]]]:
-    """Record outcomes for held jobs, then claim the next batch: one round trip, one commit.
+    """Record outcomes for held jobs, then claim the next batch: one statement, one commit.
 
     Returns the ids whose outcome was recorded and the claimed rows (as claim_jobs).
     """
-    if not events:
-        return set(), claim_jobs(queue_name, limit, worker, key, host, pid, lease_seconds, using)
-    queries = load_queries("django_dbq.events", "claims.sql")
     params = {
-        "worker": worker,
         "key": key,
         "events": encode_events(events),
         "queue_name": queue_name,
         "limit": limit,
+        "worker": worker,
         "host": host,
         "pid": pid,
         "lease_seconds": lease_seconds,
     }
-    # Two statements in one simple-protocol query run as one implicit transaction.
-    with connections[using].cursor() as cursor:
-        cursor.execute(*bind(f"{queries['jobs_append_held']};\n{queries['jobs_claim']}", params))
-        recorded = {row[0] for row in cursor.fetchall()}
-        cursor.nextset()
-        return recorded, cursor.fetchall()
+    rows = _execute("jobs_record_and_claim", params, using)
+    recorded = {row[1] for row in rows if row[0]}
+    return recorded, [row[1:] for row in rows if not row[0]]
 
 
 def append_held(
@@ -120,6 +117,14 @@ def append_held(
         return set()
     params = {"key": key, "events": encode_events(events)}
     return {row[0] for row in _execute("jobs_append_held", params, using)}
+
+
+def save_held(
+    key: str, events: Sequence[tuple[uuid.UUID, str, str]], using: str = DEFAULT_DB_ALIAS
+) -> list[Appended]:
+    """job.save() inside a task: append `updated` events for jobs the worker holds."""
+    rows = _execute("jobs_save_held", {"key": key, "events": encode_events(events)}, using)
+    return [Appended(job_id, version, from_epoch(at)) for job_id, version, at in rows]
 
 
 def renew_leases(

@@ -1,6 +1,8 @@
 -- Named statements of the worker's side of the ledger. Each calls one function of
 -- sql/worker.sql, which appends events in one statement; the ledger's trigger
--- applies them to the projection as a set. `key` is the worker's secret key.
+-- applies them to the projection as a set. `key` is the worker's secret key:
+-- these statements are bound by the server (events/claims.py), so that it never
+-- appears in the statement text that pg_stat_activity shows.
 
 -- name: jobs_claim
 -- Claim up to `limit` ready jobs of a queue, in claim order, with a `claimed` event each.
@@ -13,6 +15,19 @@ SELECT * FROM dbq_claim_jobs_v2(
 -- retried, stopping, released); the events come as one JSON array of
 -- {job_id, kind, payload}. Returns the ids recorded.
 SELECT * FROM dbq_record_outcomes_v1(%(key)s, %(events)s::jsonb)
+
+-- name: jobs_record_and_claim
+-- Record the outcomes of the batch just run, then claim the next batch: one
+-- statement, one round trip, one commit. Rows with `recorded` true are the
+-- jobs whose outcome was recorded; the others are the claimed jobs.
+SELECT * FROM dbq_record_and_claim_v1(
+    %(key)s, %(events)s::jsonb, %(queue_name)s, %(limit)s, %(worker)s, %(host)s, %(pid)s,
+    %(lease_seconds)s::float8
+)
+
+-- name: jobs_save_held
+-- job.save() inside a task: `updated` events for jobs the worker holds.
+SELECT * FROM dbq_save_held_v1(%(key)s, %(events)s::jsonb)
 
 -- name: jobs_renew_leases
 -- The heartbeat: extend the worker's lease on the jobs it holds.

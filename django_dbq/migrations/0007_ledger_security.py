@@ -40,6 +40,8 @@ NEW_FUNCTIONS = [
     "dbq_protect_projection_v2()",
     "dbq_replay_events_v4(timestamptz, uuid[], bigint)",
     "dbq_protect_ledger_v1()",
+    "dbq_is_iso_time_v1(text)",
+    "dbq_check_time_v1(text)",
     "dbq_check_created_v1(uuid, jsonb)",
     "dbq_create_job_v1(uuid, jsonb)",
     "dbq_create_jobs_v1(jsonb)",
@@ -49,12 +51,20 @@ NEW_FUNCTIONS = [
     "dbq_lease_until_v1(float8)",
     "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8)",
     "dbq_record_outcomes_v1(text, jsonb)",
-    "dbq_refuse_worker_kind_v1(text)",
+    "dbq_refuse_worker_kind_v1(text, text)",
+    "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8)",
+    "dbq_save_held_v1(text, jsonb)",
     "dbq_renew_leases_v2(text, uuid[], float8)",
     "dbq_expire_leases_v2(text, integer)",
     "dbq_cancel_jobs_v2(uuid[], text)",
     "dbq_requeue_jobs_v2(uuid[], text)",
     "dbq_release_jobs_v1(uuid[], text)",
+]
+
+PGTRIGGER_STUBS = [
+    "pgtrigger_protect_projection_fb050()",
+    "pgtrigger_protect_ledger_86f28()",
+    "pgtrigger_apply_events_0dd6f()",
 ]
 
 # Installed by migrations 0002 to 0006, superseded by the above.
@@ -107,6 +117,13 @@ def install_functions(apps, schema_editor):
     for name in SQL_FILES:
         install_sql(schema_editor, "django_dbq.migrations", f"sql/{name}")
     for signature in NEW_FUNCTIONS:
+        schema_editor.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC", params=None)
+
+
+def revoke_trigger_stubs(apps, schema_editor):
+    # pgtrigger writes a function per trigger even where the trigger executes
+    # one of ours; those only return, but no function of ours is PUBLIC's.
+    for signature in PGTRIGGER_STUBS:
         schema_editor.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC", params=None)
 
 
@@ -231,5 +248,6 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunPython(drop_old_functions, reinstall_old_functions),
+        migrations.RunPython(revoke_trigger_stubs, migrations.RunPython.noop),
         migrations.RunPython(revoke_write_rights, migrations.RunPython.noop),
     ]

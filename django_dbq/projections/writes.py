@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
 from django_dbq.events.append import append_created, append_created_batches, append_updates
-from django_dbq.exceptions import InvalidJobError, JobConfigError
+from django_dbq.exceptions import InvalidJobError, JobConfigError, JobGoneError
 
 if TYPE_CHECKING:
     from django_dbq.projections.models import Job
@@ -101,7 +101,21 @@ def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) ->
             "PROCESSING or STOPPING. Save it as NEW or READY and let a worker claim it."
         )
     payload = jsonutil.dumps({f: _to_json(f, v) for f, v in changes.items()}, "workspace")
-    (appended,) = append_updates([(job.pk, "updated", payload)], using=using)
+    key = job.__dict__.get("_dbq_key")
+    if key is not None and _loaded_state(job) in WORKER_STATES:
+        # A task saving the job its worker holds: proved by the worker's key,
+        # which lets the worker role save this job and no other.
+        from django_dbq.events.claims import save_held
+
+        saved = save_held(key, [(job.pk, "updated", payload)], using=using)
+        if not saved:
+            raise JobGoneError(
+                f"Job {job.pk} is no longer held by this worker (its lease ran out or it "
+                "was released); the save is not recorded."
+            )
+        (appended,) = saved
+    else:
+        (appended,) = append_updates([(job.pk, "updated", payload)], using=using)
     _mark_saved(job, using, version=appended.version, at=appended.at, snapshot=_snapshot(job))
 
 

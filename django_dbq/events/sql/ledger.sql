@@ -31,6 +31,19 @@ END
 $$;
 
 
+-- dbq_is_iso_time_v1: whether a payload's time (run_after) is written in full
+-- ISO 8601 with its offset, or absent. The trigger and replay turn such text
+-- into the same instant whatever the session's TimeZone and DateStyle; text
+-- such as '13/01/2030' or 'now' would not replay the same (or at all), and the
+-- ledger keeps it for good.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_iso_time_v1(value text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT value IS NULL
+        OR value ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}(:?\d{2}(:?\d{2})?)?|Z)$'
+$$;
+
+
 -- dbq_check_created_v1: raise unless `payload` is what an application may
 -- enqueue: the fields of a new job and nothing else (no attempts, no import
 -- marks, no times of its own), in a state a job may be created in; returns the
@@ -54,7 +67,22 @@ BEGIN
             USING ERRCODE = 'check_violation',
                   HINT = 'Create it as NEW, READY, FAILED or COMPLETE; only a worker moves a job to PROCESSING or STOPPING.';
     END IF;
+    PERFORM @schema@.dbq_check_time_v1(payload ->> 'run_after');
     RETURN payload;
+END
+$$;
+
+
+-- dbq_check_time_v1: raise unless dbq_is_iso_time_v1(value).
+CREATE OR REPLACE FUNCTION @schema@.dbq_check_time_v1(value text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT @schema@.dbq_is_iso_time_v1(value) THEN
+        RAISE EXCEPTION 'django_dbq: run_after % is not an ISO 8601 time with its offset', value
+            USING ERRCODE = 'invalid_datetime_format',
+                  HINT = 'Write times as 2030-01-13T00:00:00+00:00 (Python: aware_datetime.isoformat()).';
+    END IF;
 END
 $$;
 
@@ -69,7 +97,8 @@ DECLARE
 BEGIN
     IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object'
        OR p_payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] <> '{}'::jsonb
-       OR COALESCE(p_payload ->> 'state', 'NEW') NOT IN ('NEW', 'READY', 'FAILED', 'COMPLETE') THEN
+       OR COALESCE(p_payload ->> 'state', 'NEW') NOT IN ('NEW', 'READY', 'FAILED', 'COMPLETE')
+       OR NOT @schema@.dbq_is_iso_time_v1(p_payload ->> 'run_after') THEN
         PERFORM @schema@.dbq_check_created_v1(p_job_id, p_payload);
     END IF;
     INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
@@ -96,6 +125,7 @@ BEGIN
         WHEN jsonb_typeof(e.payload) = 'object'
          AND e.payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] = '{}'::jsonb
          AND COALESCE(e.payload ->> 'state', 'NEW') IN ('NEW', 'READY', 'FAILED', 'COMPLETE')
+         AND @schema@.dbq_is_iso_time_v1(e.payload ->> 'run_after')
         THEN e.payload
         ELSE @schema@.dbq_check_created_v1(e.job_id::uuid, e.payload::jsonb)
         END
@@ -131,6 +161,9 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Use job.save(), job.cancel() or job.requeue(); workers record their own events.';
     END IF;
+    PERFORM @schema@.dbq_check_time_v1(i.payload ->> 'run_after')
+    FROM jsonb_to_recordset(events) AS i(payload jsonb)
+    WHERE NOT @schema@.dbq_is_iso_time_v1(i.payload ->> 'run_after');
     RETURN QUERY
     WITH incoming AS (
         SELECT *

@@ -125,8 +125,9 @@ BEGIN
     INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
     SELECT i.job_id, h.version + 1, CASE
         WHEN i.kind IN ('task_done', 'completed', 'failed', 'retried', 'stopping', 'released')
+             AND @schema@.dbq_is_iso_time_v1(i.payload ->> 'run_after')
             THEN i.kind
-        ELSE @schema@.dbq_refuse_worker_kind_v1(i.kind::text)
+        ELSE @schema@.dbq_refuse_worker_kind_v1(i.kind::text, i.payload ->> 'run_after')
         END,
         i.payload
     FROM incoming i
@@ -137,13 +138,97 @@ END
 $$;
 
 
--- dbq_refuse_worker_kind_v1: the error for an event kind a worker may not record.
-CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_worker_kind_v1(kind text)
+-- dbq_refuse_worker_kind_v1: the error for an event a worker may not record:
+-- a kind not its own, or a run_after that is not an ISO 8601 time.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_worker_kind_v1(kind text, run_after text)
 RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM @schema@.dbq_check_time_v1(run_after);
     RAISE EXCEPTION 'django_dbq: a worker records task_done, completed, failed, retried, stopping or released, not %', COALESCE(kind, 'another kind')
         USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+
+-- dbq_record_and_claim_v1: the worker's loop in one statement: record the
+-- outcomes of the batch it ran (as dbq_record_outcomes_v1), then claim the next
+-- batch (as dbq_claim_jobs_v2), in one round trip and one commit. One statement,
+-- so that it can be bound and prepared by the server (server_side_binding,
+-- prepare_threshold), which keeps the worker's key out of the statement text
+-- that pg_stat_activity shows. Rows with `recorded` true carry only the id of a
+-- job whose outcome was recorded; the others are the claimed jobs.
+CREATE OR REPLACE FUNCTION @schema@.dbq_record_and_claim_v1(
+    p_key text, events jsonb, p_queue_name text, max_jobs integer, p_worker text, p_host text,
+    p_pid integer, lease_seconds float8
+)
+RETURNS TABLE (
+    recorded boolean, id uuid, created float8, modified float8, name text, state text,
+    next_task text, workspace jsonb, queue_name text, priority smallint,
+    run_after timestamptz, version integer, claimed_by text, lease_until float8,
+    attempts integer, cancel_requested boolean, prior_state text
+)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF jsonb_array_length(events) > 0 THEN
+        RETURN QUERY
+        SELECT true, r.r, NULL::float8, NULL::float8, NULL::text, NULL::text, NULL::text,
+               NULL::jsonb, NULL::text, NULL::smallint, NULL::timestamptz, NULL::integer,
+               NULL::text, NULL::float8, NULL::integer, NULL::boolean, NULL::text
+        FROM @schema@.dbq_record_outcomes_v1(p_key::text, events::jsonb) r;
+    END IF;
+    RETURN QUERY
+    SELECT false, c.*
+    FROM @schema@.dbq_claim_jobs_v2(
+        p_queue_name::text, max_jobs::integer, p_worker::text, p_key::text, p_host::text,
+        p_pid::integer, lease_seconds::float8) c;
+END
+$$;
+
+
+-- dbq_save_held_v1: job.save() inside a task, for the job its worker holds:
+-- one `updated` event of the job's fields per held job (as dbq_update_jobs_v1,
+-- but only for jobs claimed with `p_key` under a live lease), so that the worker
+-- role saves the job it runs and no other. Returns what dbq_update_jobs_v1 does.
+CREATE OR REPLACE FUNCTION @schema@.dbq_save_held_v1(p_key text, events jsonb)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    key_hash text := @schema@.dbq_lease_key_v1(p_key::text);
+BEGIN
+    IF EXISTS (
+        SELECT FROM jsonb_to_recordset(events) AS i(kind text, payload jsonb)
+        WHERE i.kind IS DISTINCT FROM 'updated'
+           OR jsonb_typeof(i.payload) IS DISTINCT FROM 'object'
+           OR i.payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] <> '{}'::jsonb
+           OR NOT @schema@.dbq_is_iso_time_v1(i.payload ->> 'run_after')
+    ) THEN
+        RAISE EXCEPTION 'django_dbq: a task saves the fields of the job it runs, with an updated event'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN QUERY
+    WITH incoming AS (
+        SELECT *
+        FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
+            WITH ORDINALITY AS i(job_id, payload, n)
+    ), held AS (
+        SELECT j.id, j.version
+        FROM @schema@.django_dbq_job j
+        WHERE j.id IN (SELECT i.job_id FROM incoming i)
+          AND j.lease_key = key_hash
+          AND j.state IN ('PROCESSING', 'STOPPING')
+          AND j.lease_until > now()
+        FOR NO KEY UPDATE
+    ), appended AS (
+        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+        SELECT i.job_id, h.version + 1, 'updated', i.payload
+        FROM incoming i
+        JOIN held h ON h.id = i.job_id
+        ORDER BY i.n
+        RETURNING job_id, version, at
+    )
+    SELECT a.job_id, a.version::integer, extract(epoch FROM a.at)::float8 FROM appended a;
 END
 $$;
 

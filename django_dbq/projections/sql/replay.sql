@@ -4,7 +4,9 @@
 -- ledger's trigger applies events with (projections/sql/apply.sql). A full
 -- rebuild sets the projection's indexes and primary key aside for its rounds.
 -- What is installed now (migration 0007); runs with the caller's rights, and
--- only the tables' owner may run it.
+-- only the tables' owner may run it. Payload times are ISO 8601 with an
+-- offset (the ledger's functions refuse others), so they replay to the same
+-- instants under any TimeZone and DateStyle.
 --
 -- Why slices: a round is handed to the apply function as one array; built for
 -- the whole ledger at once, the server held about four times the ledger's size
@@ -26,6 +28,10 @@ CREATE OR REPLACE FUNCTION @schema@.dbq_replay_events_v4(
 )
 RETURNS bigint
 LANGUAGE plpgsql
+-- Runs with the owner's rights as the owner's own call: pinned like the owner's
+-- SECURITY DEFINER functions, so that nothing in the session's schemas (an
+-- operator planted in the app's schema) is resolved inside it.
+SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
