@@ -26,12 +26,25 @@ def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 
 _SCHEMA_CREATORS = """
-SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, n.nspname
-FROM pg_catalog.pg_namespace n, LATERAL aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner))) a
-WHERE n.oid = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = 'django_dbq_job'::regclass)
-  AND a.privilege_type = 'CREATE'
-  AND a.grantee NOT IN (n.nspowner,
-                        (SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'django_dbq_job'::regclass))
+WITH tables AS (
+    SELECT c.relnamespace AS nsp, c.relowner AS owner
+    FROM pg_catalog.pg_class c WHERE c.oid = 'django_dbq_job'::regclass
+), creators AS (
+    -- Whoever holds CREATE on the schema, and its owner, who always may.
+    SELECT n.nspname, a.grantee
+    FROM tables t JOIN pg_catalog.pg_namespace n ON n.oid = t.nsp,
+         LATERAL aclexplode(COALESCE(n.nspacl, acldefault('n', n.nspowner))) a
+    WHERE a.privilege_type = 'CREATE'
+    UNION
+    SELECT n.nspname, n.nspowner FROM tables t JOIN pg_catalog.pg_namespace n ON n.oid = t.nsp
+)
+SELECT DISTINCT CASE WHEN c.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+       quote_ident(c.nspname)
+FROM creators c CROSS JOIN tables t
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = c.grantee
+-- Not the tables' owner, nor a role whose rights it has, nor a superuser.
+WHERE c.grantee <> t.owner
+  AND (c.grantee = 0 OR NOT (r.rolsuper OR pg_has_role(t.owner, c.grantee, 'MEMBER')))
 ORDER BY 1
 """
 
@@ -53,7 +66,7 @@ def check_schema_creators(databases: Any = None, **kwargs: Any) -> list[Warning]
             roles, schema = ", ".join(row[0] for row in rows), rows[0][1]
             warnings.append(
                 Warning(
-                    f"Roles other than the owner may CREATE in schema {schema!r} of the job "
+                    f"Roles other than the owner may CREATE in schema {schema} of the job "
                     f"tables: {roles}. Such a role can plant operators and functions there that "
                     "run with the rights of every role whose search_path holds the schema "
                     "(the ORM's queries included; django-dbq's own functions are pinned).",

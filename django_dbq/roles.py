@@ -33,9 +33,9 @@ APP_FUNCTIONS = (
     "dbq_release_jobs_v1(uuid[], text)",
 )
 WORKER_FUNCTIONS = (
-    "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8)",
+    "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",
     "dbq_record_outcomes_v1(text, jsonb)",
-    "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8)",
+    "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
     "dbq_renew_leases_v2(text, uuid[], float8)",
     "dbq_expire_leases_v2(text, integer)",
     # A task saves the job it runs (job.save()), proved by the worker's key.

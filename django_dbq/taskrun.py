@@ -25,18 +25,41 @@ def as_json(value: Any, what: str) -> Any:
         ) from None
 
 
+def _may_import(path: str) -> bool:
+    """Whether the module of a task path may be imported to look for the task there.
+
+    Importing runs a module's top-level code, so only modules that are imported
+    already, or that belong to an installed app or to the settings' package, are
+    imported, and never a __main__ module (`unittest.__main__` runs a test run).
+    """
+    import sys
+
+    from django.apps import apps
+    from django.conf import settings
+
+    module = path.rpartition(".")[0]
+    if not module or "__main__" in module.split("."):
+        return False
+    if module in sys.modules:
+        return True
+    roots = {app.name for app in apps.get_app_configs()}
+    roots.add((settings.SETTINGS_MODULE or "").partition(".")[0])
+    return any(module == root or module.startswith(f"{root}.") for root in roots if root)
+
+
 def load_task(path: Any) -> Any:
     """The `@task` at path; refuses anything else, whatever the workspace says.
 
     The workspace is data that any role allowed to enqueue can write, so the path
     must name a task declared with the Tasks framework for this backend, never an
-    arbitrary callable (such as subprocess.call).
+    arbitrary callable (such as subprocess.call), and importing it must not run a
+    module no task lives in (see _may_import).
     """
     from django.utils.module_loading import import_string
 
     from django_dbq.backends import LedgerBackend, Task
 
-    task = import_string(path) if isinstance(path, str) else None
+    task = import_string(path) if isinstance(path, str) and _may_import(path) else None
     if not (
         isinstance(task, Task)
         and task.module_path == path

@@ -26,6 +26,11 @@ def get_jobs_setting() -> dict[str, Any]:
     return getattr(settings, "JOBS", {}) or {}
 
 
+def known_job_names() -> list[str]:
+    """The job names this process can run: settings.JOBS and the built-in task job."""
+    return [*(name for name in get_jobs_setting() if isinstance(name, str)), TASK_JOB]
+
+
 def get_job_config(job_name: str) -> dict[str, Any]:
     """Return the job's config in dict form, or raise UnknownJobError naming the known jobs."""
     if job_name == TASK_JOB:

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from django_dbq import conf, jsonutil
+from django_dbq import conf, jsonutil, tasks
 from django_dbq.clock import from_epoch
 from django_dbq.events.claims import (
     CLAIM_FIELDS,
@@ -198,6 +198,7 @@ class Worker:
             self.pid,
             self.lease_seconds,
             using=self.using,
+            names=tasks.known_job_names(),
         )
         self._settle(outcomes, recorded)
         jobs = [self._job_from_row(row) for row in rows]

@@ -144,9 +144,14 @@ def test_maintenance_role__runs_delete_old_jobs_and_nothing_else(roles):
         refused(conn, "DELETE FROM django_dbq_jobevent")
 
 
-def test_worker_key__never_appears_in_the_statement_text_other_sessions_read(roles):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "inside an execute wrapper"])
+def test_worker_key__never_appears_in_the_statement_text_other_sessions_read(roles, wrapped):
     """A heartbeat waiting on a row lock shows its statement in pg_stat_activity, not its key."""
     import threading
+    from contextlib import nullcontext
+
+    def passthrough(execute, sql, params, many, context):
+        return execute(sql, params, many, context)
 
     from django_dbq.events.claims import claim_jobs, new_worker_key, renew_leases
 
@@ -159,7 +164,8 @@ def test_worker_key__never_appears_in_the_statement_text_other_sessions_read(rol
 
         def heartbeat():
             try:
-                renew_leases(key, [job.id], 30)
+                with connection.execute_wrapper(passthrough) if wrapped else nullcontext():
+                    renew_leases(key, [job.id], 30)
             finally:
                 connection.close()
 

@@ -9,7 +9,7 @@ from django.db import connection
 
 from django_dbq.events.models import EventKind
 from django_dbq.models import Job
-from django_dbq.sqlfiles import read_sql
+from django_dbq.sqlfiles import load_queries, read_sql
 
 
 @pytest.mark.django_db
@@ -38,6 +38,7 @@ def claim_statement():
     for name in ("p_queue_name", "max_jobs", "p_worker", "p_host", "p_pid", "key_hash"):
         statement = re.sub(rf"\b{name}\b", f"%({name})s", statement)
     statement = re.sub(r"\buntil\b", "%(until)s::timestamptz", statement)
+    statement = re.sub(r"\bp_names\b", "%(p_names)s::text[]", statement)
     return statement
 
 
@@ -53,6 +54,7 @@ def test_claim_query__is_served_by_the_partial_index():
         "p_pid": 1,
         "until": "2030-01-01T00:00:00Z",
         "key_hash": "0" * 64,
+        "p_names": ["testjob"],
     }
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_dbq_job")
@@ -64,3 +66,26 @@ def test_claim_query__is_served_by_the_partial_index():
     lock_rows = next(i for i, line in enumerate(lines) if line.startswith("->  LockRows"))
     assert "Index Scan using django_dbq_job_claimable" in lines[lock_rows + 1], plan
     assert "Seq Scan on django_dbq_job " not in plan, plan
+
+
+CALLING_QUERIES = [
+    ("django_dbq.events", "queries.sql"),
+    ("django_dbq.events", "claims.sql"),
+    ("django_dbq.projections", "queries.sql"),
+]
+
+
+def test_function_calls__cast_every_argument_to_its_exact_type():
+    # An argument of type unknown (a string) or smallint (a small int) leaves room
+    # for an overload planted in a schema of the search_path to be a closer match.
+    loose = []
+    for package, filename in CALLING_QUERIES:
+        for name, sql in load_queries(package, filename).items():
+            for function, args in re.findall(r"\b(dbq_\w+)\(([^()]*)\)", sql):
+                for arg in (a.strip() for a in args.split(",")):
+                    if not re.fullmatch(r"(%\(\w+\)s|NULL|\d+)::[a-z0-9_]+(\[\])?", arg):
+                        loose.append(f"{filename} {name}: {function}(... {arg} ...)")
+
+    assert loose == [], "cast these arguments to the function's parameter types:\n" + "\n".join(
+        loose
+    )

@@ -529,11 +529,70 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
     assert job_row(owner, waiting)[0] == "COMPLETE"
 
 
-def test_schema_creator__is_named_by_manage_py_check(owned):
-    checked = owned.manage("owner", "check", "--database", "default")
+# Overloads of the functions the Python side calls, each a closer match for an
+# argument sent as a small integer or as a string of unknown type.
+PLANTED_ENTRY_POINTS = [
+    planted_function(
+        "dbq_record_and_claim_v1",
+        "text, jsonb, text, smallint, text, text, integer, float8, text[]",
+        "void",
+    ),
+    planted_function(
+        "dbq_record_and_claim_v1",
+        "text, jsonb, text, integer, text, text, smallint, float8, text[]",
+        "void",
+    ),
+    planted_function(
+        "dbq_claim_jobs_v2", "text, smallint, text, text, text, integer, float8, text[]", "void"
+    ),
+    planted_function("dbq_expire_leases_v2", "text, smallint", "void"),
+    planted_function("dbq_replay_events_v4", "text, text, integer", "bigint"),
+    planted_function("dbq_replay_events_v4", "text, text, bigint", "bigint"),
+    planted_function("dbq_delete_old_jobs_v2", "text", "bigint"),
+    planted_function("dbq_cancel_jobs_v2", f"uuid[], {VC}", "void"),
+]
 
-    assert "django_dbq.W001" in checked.stderr + checked.stdout
-    assert owned.roles["creator"] in checked.stderr + checked.stdout
+
+def test_schema_creator__cannot_hijack_the_calls_of_workers_app_or_owner(owned, owner):
+    with owned.connect("creator") as conn:
+        for statement in PLANTED_ENTRY_POINTS:
+            conn.execute(statement)
+    try:
+        script = (
+            "from django_dbq.models import Job;"
+            "Job.objects.bulk_create([Job(name='testjob', queue_name='entry') for _ in range(3)]);"
+            "Job.objects.create(name='saves', queue_name='entry');"
+            "Job.objects.create(name='testjob', queue_name='gone').cancel('x')"
+        )
+        app = owned.manage("app", "shell", "-c", script)
+        worker = owned.manage("worker", "worker", "entry", "--burst")
+        maintenance = owned.manage("maintenance", "delete_old_jobs", "--hours", "-1")
+        verified = owned.manage("owner", "replay_events", "--verify")
+        replayed = owned.manage("owner", "replay_events")
+        for ran in (app, worker, maintenance, verified, replayed):
+            assert ran.returncode == 0, ran.stdout[-1000:] + ran.stderr[-2000:]
+            assert "planted code ran" not in ran.stdout + ran.stderr
+        assert "database_error" not in worker.stderr, worker.stderr[-2000:]
+    finally:
+        with owned.connect("creator") as conn:
+            conn.execute(f'DROP OWNED BY "{owned.roles["creator"]}"')
+
+
+def creators_named(owned):
+    checked = owned.manage("owner", "check", "--database", "default")
+    found = re.search(r"of the job tables: (.*?)\. Such a role", checked.stderr + checked.stdout)
+    return found[1].split(", ") if found else []
+
+
+def test_schema_creator__is_named_by_manage_py_check(owned, owner):
+    assert creators_named(owned) == [owned.roles["creator"]]
+
+    owner.execute("GRANT CREATE ON SCHEMA dbq_app TO PUBLIC, postgres")
+    try:
+        # PUBLIC is named; a superuser, who may do anything anyway, is not.
+        assert creators_named(owned) == ["PUBLIC", owned.roles["creator"]]
+    finally:
+        owner.execute("REVOKE CREATE ON SCHEMA dbq_app FROM PUBLIC, postgres")
 
 
 # 6. What is installed: one definition per function, none executable by PUBLIC.

@@ -1,5 +1,6 @@
 """Django's Tasks framework through the ledger: @task, enqueue, worker, get_result."""
 
+import sys
 from datetime import timedelta
 
 import pytest
@@ -101,7 +102,14 @@ def test_get_result__of_an_unknown_id_raises():
 
 @pytest.mark.parametrize(
     "path",
-    ["subprocess.call", "django.utils.autoreload.subprocess", "tests.jobs.task_one", 42],
+    [
+        "subprocess.call",
+        "django.utils.autoreload.subprocess",
+        "tests.jobs.task_one",
+        42,
+        "unittest.__main__.main",
+        "this.s",
+    ],
 )
 def test_task_job__runs_only_tasks_of_this_backend_whatever_the_workspace_says(path, tmp_path):
     # Anyone who may enqueue writes the workspace; it must not name any callable.
@@ -116,4 +124,5 @@ def test_task_job__runs_only_tasks_of_this_backend_whatever_the_workspace_says(p
     job.refresh_from_db()
     assert job.state == Job.STATES.FAILED
     assert not marker.exists()
+    assert "this" not in sys.modules and "unittest.__main__" not in sys.modules
     assert "is not a task of the LedgerBackend" in job.events.last().payload["error"]["message"]

@@ -79,6 +79,27 @@ def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
         yield cursor
 
 
+def execute_secret(
+    sql: str, params: Sequence[Any], using: str = DEFAULT_DB_ALIAS
+) -> list[tuple[Any, ...]]:
+    """Run a statement that carries a secret (the worker's key); return its rows.
+
+    Bound by the server on a cursor of psycopg's own: a client-side bound
+    statement would show its parameters to every session of the same role in
+    pg_stat_activity, and Django's execute wrappers and query log would see them.
+    Errors are Django's, as with connection.cursor().
+    """
+    connection = connections[using]
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        connection.validate_no_broken_transaction()
+        with ServerBindingCursor(connection.connection) as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+
 def append_created(
     events: Sequence[dict[str, Any]], using: str = DEFAULT_DB_ALIAS
 ) -> list[datetime]:

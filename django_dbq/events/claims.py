@@ -16,7 +16,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS
 
 from django_dbq.clock import from_epoch
-from django_dbq.events.append import Appended, bound_cursor, encode_events
+from django_dbq.events.append import Appended, encode_events, execute_secret
 from django_dbq.sqlfiles import bind, load_queries
 
 # The columns jobs_claim returns, in order: Job's concrete fields (created,
@@ -49,9 +49,9 @@ def new_worker_key() -> str:
 def _execute(name: str, params: dict[str, Any], using: str) -> list[tuple[Any, ...]]:
     # Bound by the server: the key travels apart from the statement text, which
     # any session of the same role can read in pg_stat_activity.
-    with bound_cursor(using) as cursor:
-        cursor.execute(*bind(load_queries("django_dbq.events", "claims.sql")[name], params))
-        return cursor.fetchall()
+    return execute_secret(
+        *bind(load_queries("django_dbq.events", "claims.sql")[name], params), using
+    )
 
 
 def claim_jobs(
@@ -63,8 +63,12 @@ def claim_jobs(
     pid: int,
     lease_seconds: float,
     using: str = DEFAULT_DB_ALIAS,
+    names: Sequence[str] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Claim up to `limit` ready jobs of a queue in one statement; return rows of CLAIM_FIELDS + prior state."""
+    """Claim up to `limit` ready jobs of a queue in one statement; return rows of CLAIM_FIELDS + prior state.
+
+    With `names`, only jobs of those names are claimed.
+    """
     params = {
         "queue_name": queue_name,
         "limit": limit,
@@ -73,6 +77,7 @@ def claim_jobs(
         "host": host,
         "pid": pid,
         "lease_seconds": lease_seconds,
+        "names": None if names is None else list(names),
     }
     return _execute("jobs_claim", params, using)
 
@@ -87,6 +92,7 @@ def record_and_claim(
     pid: int,
     lease_seconds: float,
     using: str = DEFAULT_DB_ALIAS,
+    names: Sequence[str] | None = None,
 ) -> tuple[set[uuid.UUID], list[tuple[Any, ...]]]:
     """Record outcomes for held jobs, then claim the next batch: one statement, one commit.
 
@@ -101,6 +107,7 @@ def record_and_claim(
         "host": host,
         "pid": pid,
         "lease_seconds": lease_seconds,
+        "names": None if names is None else list(names),
     }
     rows = _execute("jobs_record_and_claim", params, using)
     recorded = {row[1] for row in rows if row[0]}

@@ -1,6 +1,8 @@
 -- Named statements of the ledger's write side. Each appends events in one
 -- statement; the ledger's statement trigger applies them to the projection.
--- The functions are those of sql/ledger.sql and sql/operations.sql.
+-- The functions are those of sql/ledger.sql and sql/operations.sql. Every
+-- argument is cast to its parameter's exact type, so that no overload planted in
+-- a schema of the search_path is a closer match (tests/test_schema.py checks).
 
 -- name: events_insert_created
 -- Enqueue jobs: one `created` event (version 1) per new job, in the order given;
@@ -41,16 +43,16 @@ RETURNING job_id, version, extract(epoch FROM at)::float8
 
 -- name: events_delete_old_jobs
 -- The retention path: whole histories of finished jobs created before a time.
-SELECT dbq_delete_old_jobs_v2(%(created_before)s)
+SELECT dbq_delete_old_jobs_v2(%(created_before)s::timestamptz)
 
 -- name: jobs_cancel
 -- Cancel jobs: waiting ones at once, running ones after their current task.
-SELECT * FROM dbq_cancel_jobs_v2(%(job_ids)s::uuid[], %(reason)s)
+SELECT * FROM dbq_cancel_jobs_v2(%(job_ids)s::uuid[], %(reason)s::text)
 
 -- name: jobs_requeue
 -- Put FAILED and CANCELLED jobs back in their queue.
-SELECT * FROM dbq_requeue_jobs_v2(%(job_ids)s::uuid[], %(reason)s)
+SELECT * FROM dbq_requeue_jobs_v2(%(job_ids)s::uuid[], %(reason)s::text)
 
 -- name: jobs_release
 -- Return running jobs whose worker is gone to their queue before their lease runs out.
-SELECT * FROM dbq_release_jobs_v1(%(job_ids)s::uuid[], %(reason)s)
+SELECT * FROM dbq_release_jobs_v1(%(job_ids)s::uuid[], %(reason)s::text)

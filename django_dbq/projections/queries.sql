@@ -8,11 +8,11 @@ LOCK TABLE django_dbq_jobevent IN SHARE MODE
 -- name: projection_replay
 -- Rebuild django_dbq_job from the ledger, in slices of at most about
 -- slice_bytes of events; returns the number of events applied.
-SELECT dbq_replay_events_v4(NULL, NULL, %(slice_bytes)s)
+SELECT dbq_replay_events_v4(NULL::timestamptz, NULL::uuid[], %(slice_bytes)s::bigint)
 
 -- name: projection_replay_as_of
 -- Rebuild the projection (or some jobs' rows) as it was at a time; callers roll back.
-SELECT dbq_replay_events_v4(%(until)s, %(job_ids)s::uuid[])
+SELECT dbq_replay_events_v4(%(until)s::timestamptz, %(job_ids)s::uuid[], 134217728::bigint)
 
 -- name: projection_snapshot
 -- Copy the live projection aside before it is rebuilt for comparison.
@@ -58,3 +58,12 @@ FROM django_dbq_jobevent e
 JOIN django_dbq_job j ON j.id = e.job_id
 WHERE e.at > now() - make_interval(mins => %(minutes)s) AND e.kind IN ('completed', 'failed')
 GROUP BY 1, 2
+
+-- name: stats_unknown_names
+-- Per queue, the waiting jobs whose name is not among `names` (the job names this
+-- process's settings.JOBS knows): no worker with these settings claims them.
+SELECT queue_name, name, count(*)
+FROM django_dbq_job
+WHERE state IN ('NEW', 'READY') AND NOT (name = ANY(%(names)s::text[]))
+GROUP BY 1, 2
+ORDER BY 1, 2

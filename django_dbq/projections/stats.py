@@ -7,13 +7,15 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from django_dbq import tasks
 from django_dbq.sqlfiles import bind, load_queries
 
 WINDOW_MINUTES = 5
 
 
 def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
-    """Per queue: jobs per state, oldest waiting job's age (s), completed and failed per minute."""
+    """Per queue: jobs per state, oldest waiting job's age (s), completed and failed per minute,
+    and the waiting jobs whose name these settings do not know (workers here leave them)."""
     queries = load_queries("django_dbq.projections")
     stats: dict[str, dict[str, Any]] = defaultdict(
         lambda: {
@@ -21,6 +23,7 @@ def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
             "oldest_waiting_seconds": None,
             "completed_per_minute": 0.0,
             "failed_per_minute": 0.0,
+            "unknown_names": {},
         }
     )
     with connections[using].cursor() as cursor:
@@ -33,4 +36,7 @@ def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
         cursor.execute(*bind(queries["stats_recent_outcomes"], {"minutes": WINDOW_MINUTES}))
         for queue, kind, count in cursor.fetchall():
             stats[queue][f"{kind}_per_minute"] = round(count / WINDOW_MINUTES, 2)
+        cursor.execute(*bind(queries["stats_unknown_names"], {"names": tasks.known_job_names()}))
+        for queue, name, count in cursor.fetchall():
+            stats[queue]["unknown_names"][name] = count
     return dict(sorted(stats.items()))

@@ -39,14 +39,17 @@ $$;
 
 
 -- dbq_claim_jobs_v2: claim up to `max_jobs` ready jobs of a queue, in claim order
--- (priority high to low, then oldest first), with a `claimed` event each. SKIP
+-- (priority high to low, then oldest first), with a `claimed` event each; with
+-- `p_names`, only jobs of those names (the names the worker's settings.JOBS
+-- knows: during a rolling deploy a job of a new name waits for a worker that
+-- can run it, instead of failing on an old one). SKIP
 -- LOCKED lets workers claim side by side without waiting on each other's rows; the
 -- lease runs on the database clock. Returns the claimed rows as they are after the
 -- claim, times as epoch seconds (float8 keeps microseconds, and is far cheaper for
 -- the worker to read than timestamp text), and the state each job had before.
 CREATE OR REPLACE FUNCTION @schema@.dbq_claim_jobs_v2(
     p_queue_name text, max_jobs integer, p_worker text, p_key text, p_host text, p_pid integer,
-    lease_seconds float8
+    lease_seconds float8, p_names text[] DEFAULT NULL
 )
 RETURNS TABLE (
     id uuid, created float8, modified float8, name text, state text, next_task text,
@@ -68,6 +71,7 @@ BEGIN
         WHERE j.queue_name = p_queue_name
           AND j.state IN ('NEW', 'READY')
           AND (j.run_after IS NULL OR j.run_after <= now())
+          AND (p_names IS NULL OR j.name = ANY(p_names))
         ORDER BY j.priority DESC, j.created
         LIMIT max_jobs
         FOR UPDATE SKIP LOCKED
@@ -160,7 +164,7 @@ $$;
 -- job whose outcome was recorded; the others are the claimed jobs.
 CREATE OR REPLACE FUNCTION @schema@.dbq_record_and_claim_v1(
     p_key text, events jsonb, p_queue_name text, max_jobs integer, p_worker text, p_host text,
-    p_pid integer, lease_seconds float8
+    p_pid integer, lease_seconds float8, p_names text[] DEFAULT NULL
 )
 RETURNS TABLE (
     recorded boolean, id uuid, created float8, modified float8, name text, state text,
@@ -181,7 +185,7 @@ BEGIN
     SELECT false, c.*
     FROM @schema@.dbq_claim_jobs_v2(
         p_queue_name::text, max_jobs::integer, p_worker::text, p_key::text, p_host::text,
-        p_pid::integer, lease_seconds::float8) c;
+        p_pid::integer, lease_seconds::float8, p_names::text[]) c;
 END
 $$;
 

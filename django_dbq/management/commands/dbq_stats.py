@@ -44,3 +44,10 @@ class Command(BaseCommand):
         self.stdout.write(
             f"(done/min and failed/min: last {WINDOW_MINUTES} minutes, from the ledger)"
         )
+        for queue, row in stats.items():
+            if row["unknown_names"]:
+                names = ", ".join(f"{n} ({c})" for n, c in sorted(row["unknown_names"].items()))
+                self.stdout.write(
+                    f"waiting in {queue} with a name settings.JOBS does not know here "
+                    f"(a worker that knows it runs them): {names}"
+                )
