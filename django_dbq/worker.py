@@ -41,6 +41,11 @@ from django_dbq.runner import Outcome, run_task
 logger = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "django_dbq"
+# A finished task's outcome waits at most about this long for the rest of its
+# batch: past it, while another task of the batch still runs, the heartbeat
+# records what is pending, so that a slow job does not hold the outcomes of
+# the fast ones before it (which a crash would make run again).
+RECORD_WITHIN_SECONDS = 0.1
 _TIME_COLUMNS = [CLAIM_FIELDS.index(name) for name in ("created", "modified", "lease_until")]
 _WORKSPACE = CLAIM_FIELDS.index("workspace")
 
@@ -73,7 +78,12 @@ class Worker:
         self.lease_seconds = conf.lease_seconds()
         self._held: dict[uuid.UUID, Job] = {}
         self._pending: list[Outcome] = []
+        self._pending_since = 0.0
         self._lock = threading.Lock()
+        # Held while outcomes are sent and settled, so that the loop and the
+        # heartbeat never send at once, and the jobs of outcomes in flight are
+        # not released as unstarted when the worker stops.
+        self._sending = threading.RLock()
         # _wake rouses the heartbeat (which clears it); _stop_requested ends the
         # loop's own waits and stays set.
         self._wake = threading.Event()
@@ -186,25 +196,34 @@ class Worker:
             self._flush()
             return []
         # The outcomes of the batch just run go in the same round trip and commit.
-        with self._lock:
-            outcomes = list(self._pending)
-        recorded, rows = record_and_claim(
-            self.worker_id,
-            self._key,
-            [(o.job.pk, o.kind, o.payload) for o in outcomes],
-            self.queue_name,
-            limit,
-            self.host,
-            self.pid,
-            self.lease_seconds,
-            using=self.using,
-            names=tasks.known_job_names(),
-        )
-        self._settle(outcomes, recorded)
+        with self._sending:
+            rows = self._record_and_claim(limit)
         jobs = [self._job_from_row(row) for row in rows]
         with self._lock:
             self._held.update((job.pk, job) for job in jobs)
         return jobs
+
+    def _record_and_claim(self, limit: int) -> list[tuple[Any, ...]]:
+        """Send the pending outcomes and claim the next batch; return the claimed rows."""
+        outcomes = self._take_pending()
+        try:
+            recorded, rows = record_and_claim(
+                self.worker_id,
+                self._key,
+                [(o.job.pk, o.kind, o.payload) for o in outcomes],
+                self.queue_name,
+                limit,
+                self.host,
+                self.pid,
+                self.lease_seconds,
+                using=self.using,
+                names=tasks.known_job_names(),
+            )
+        except DatabaseError:
+            self._put_back(outcomes)
+            raise
+        self._settle(outcomes, recorded)
+        return rows
 
     def _job_from_row(self, row: tuple[Any, ...]) -> Job:
         values = list(row[: len(CLAIM_FIELDS)])
@@ -238,6 +257,9 @@ class Worker:
         outcome = run_task(job, self.worker_id)
         self.current_job = None
         with self._lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+                self._wake.set()  # the heartbeat watches how long it waits
             self._pending.append(outcome)
         self.jobs_run += 1
         if outcome.fatal is not None:
@@ -248,19 +270,45 @@ class Worker:
             self._flush()
             self._stop_requested.wait(self.rate_limit_in_seconds)
 
-    def _flush(self) -> None:
-        """Record the outcomes of finished jobs in one statement."""
-        with self._lock:
-            outcomes = list(self._pending)
-        if not outcomes:
+    def _flush(self, wait: bool = True) -> None:
+        """Record the outcomes of finished jobs in one statement (unless another thread is)."""
+        if not self._sending.acquire(blocking=wait):
             return
-        events = [(o.job.pk, o.kind, o.payload) for o in outcomes]
-        self._settle(outcomes, append_held(self._key, events, using=self.using))
+        try:
+            outcomes = self._take_pending()
+            if not outcomes:
+                return
+            events = [(o.job.pk, o.kind, o.payload) for o in outcomes]
+            try:
+                recorded = append_held(self._key, events, using=self.using)
+            except DatabaseError:
+                self._put_back(outcomes)
+                raise
+            self._settle(outcomes, recorded)
+        finally:
+            self._sending.release()
+
+    def _take_pending(self) -> list[Outcome]:
+        """The outcomes waiting to be recorded, taken so that no other thread sends them too."""
+        with self._lock:
+            outcomes, self._pending = self._pending, []
+            return outcomes
+
+    def _put_back(self, outcomes: list[Outcome]) -> None:
+        with self._lock:
+            self._pending[:0] = outcomes
+
+    def _flush_if_waiting_long(self) -> None:
+        """From the heartbeat: record outcomes that have waited on a running task too long."""
+        with self._lock:
+            waiting = bool(self._pending) and self.current_job is not None
+            overdue = time.monotonic() - self._pending_since >= RECORD_WITHIN_SECONDS
+        if waiting and overdue:
+            self._flush(wait=False)
 
     def _settle(self, outcomes: list[Outcome], recorded: set[uuid.UUID]) -> None:
         """Forget recorded outcomes; warn about those whose job this worker no longer held."""
         with self._lock:
-            del self._pending[: len(outcomes)]
             for outcome in outcomes:
                 self._held.pop(outcome.job.pk, None)
         for outcome in outcomes:
@@ -351,11 +399,13 @@ class Worker:
         """On the way out: give back unstarted jobs and record what finished."""
         for attempt in range(3):
             try:
-                self._flush()
-                with self._lock:
-                    unstarted = list(self._held.values())
-                if unstarted:
-                    self._release(unstarted)
+                # No outcome is in flight meanwhile: what is still held was not run.
+                with self._sending:
+                    self._flush()
+                    with self._lock:
+                        unstarted = list(self._held.values())
+                    if unstarted:
+                        self._release(unstarted)
                 return
             except DatabaseError as exc:
                 logger.warning(
@@ -373,13 +423,18 @@ class Worker:
         last_renewal = last_expiry = time.monotonic()
         try:
             while not self._stopped.is_set():
-                # Wakes at the batch's pace to release an overdue batch; the queries
+                # Wakes at the batch's pace to release an overdue batch, and
+                # sooner while outcomes wait on a running task; the queries
                 # below run at their own intervals.
-                self._wake.wait(min(expire_every, conf.batch_seconds()))
+                pace = min(expire_every, conf.batch_seconds())
+                if self._pending:
+                    pace = min(pace, RECORD_WITHIN_SECONDS)
+                self._wake.wait(pace)
                 self._wake.clear()
                 if self._stopped.is_set():
                     return
                 try:
+                    self._flush_if_waiting_long()
                     self._record_stopping()
                     self._release_unstarted(overdue_only=True)
                     now = time.monotonic()

@@ -376,3 +376,26 @@ def test_worker__a_long_task_does_not_hold_the_rest_of_its_batch(settings, runs_
     thread.join(timeout=10)
     assert Job.objects.get(pk=slow.pk).state == Job.STATES.COMPLETE
     assert {kinds(job)[2] for job in quick} == {"released"}
+
+
+def test_outcomes__are_recorded_while_a_slow_job_of_the_same_batch_runs(settings, runs_file):
+    # The batch that holds the slow job holds fast ones before it (batches double
+    # 1, 2, 4, ... 32); their outcomes must not wait for it, nor run again if the
+    # worker dies in it.
+    settings.DBQ_BATCH_SECONDS = 30
+    fast = Job.objects.bulk_create([Job(name="counted_once") for _ in range(40)])
+    slow = Job.objects.create(name="counted_once", workspace={"sleep": 2})
+    worker = Worker(burst=True, handle_signals=False)
+    thread = in_thread(worker)
+    deadline = time.monotonic() + 20
+    while not test_jobs.runs_of(slow.id) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.4)
+
+    states = set(Job.objects.filter(pk__in=[j.pk for j in fast]).values_list("state", flat=True))
+    running = Job.objects.get(pk=slow.pk).state
+    thread.join(timeout=20)
+
+    assert (states, running) == ({Job.STATES.COMPLETE}, Job.STATES.PROCESSING)
+    assert Job.objects.get(pk=slow.pk).state == Job.STATES.COMPLETE
+    assert verify_projection().ok
