@@ -505,3 +505,22 @@ def test_replay__created_rows_are_the_same_on_both_trigger_paths():
     assert short[rows[-1][0]].attempts == 2 and short[rows[-1][0]].state == "FAILED"
     assert Job.objects.get(pk=waiting.pk).state == "PROCESSING"
     assert_replay_equals_live()
+
+
+@pytest.mark.django_db
+def test_replay__refuses_before_it_starts_while_a_foreign_key_references_the_projection():
+    from django.core.management import CommandError, call_command
+
+    job = Job.objects.create(name="testjob")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE user_invoice (id serial PRIMARY KEY,"
+            " job_id uuid REFERENCES django_dbq_job (id))"
+        )
+        cursor.execute("INSERT INTO user_invoice (job_id) VALUES (%s)", [job.id])
+
+    for args in ([], ["--verify"]):
+        with pytest.raises(CommandError, match=r"user_invoice \(user_invoice_job_id_fkey\)") as e:
+            call_command("replay_events", *args)
+        assert "db_constraint=False" in str(e.value)
+    assert Job.objects.get(pk=job.pk).state == Job.STATES.NEW

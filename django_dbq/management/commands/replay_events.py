@@ -5,7 +5,8 @@ from argparse import ArgumentTypeError
 from collections import Counter
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from django_dbq.management.selection import parse_when
 from django_dbq.projections.replay import (
@@ -59,6 +60,16 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default", help="Database alias.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self._replay(options)
+        except DatabaseError as exc:
+            # The ledger's own refusals name the problem and the fix.
+            if not str(exc).startswith("django_dbq:"):
+                raise
+            hint = getattr(getattr(exc.__cause__, "diag", None), "message_hint", None)
+            raise CommandError(f"{str(exc).splitlines()[0]}\n{hint or ''}".strip()) from None
+
+    def _replay(self, options: dict[str, Any]) -> None:
         started = time.perf_counter()
         if options["as_of"]:
             self._print_as_of(parse_when(options["as_of"]), options["database"])

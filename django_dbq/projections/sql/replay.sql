@@ -43,10 +43,23 @@ DECLARE
     total bigint := 0;
     slices integer := 1;
     ledger_bytes bigint;
+    referencing text;
 BEGIN
     IF slice_bytes IS NULL OR slice_bytes < 1 THEN
         RAISE EXCEPTION 'django_dbq: slice_bytes must be a positive number of bytes, not %', slice_bytes
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- The rebuild empties the projection (or the given jobs' rows): a foreign key
+    -- from another table would refuse that midway, so say so before anything.
+    SELECT string_agg(format('%s (%s)', c.conrelid::regclass, c.conname), ', ')
+    INTO referencing
+    FROM pg_catalog.pg_constraint c
+    WHERE c.confrelid = '@schema@.django_dbq_job'::regclass AND c.contype = 'f';
+    IF referencing IS NOT NULL THEN
+        RAISE EXCEPTION 'django_dbq: the projection cannot be rebuilt while foreign keys reference django_dbq_job: %', referencing
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Declare the ForeignKey to Job with db_constraint=False (as JobEvent.job is), or drop the constraint while you replay and add it back after.';
     END IF;
 
     PERFORM set_config('dbq.applying', 'on', true);
