@@ -48,12 +48,40 @@ def with_schema(text: str, schema: str, connection: Any) -> str:
     return sql.Composed(pieces).as_string(connection)
 
 
+_FUNCTION = re.compile(rf"CREATE OR REPLACE FUNCTION {SCHEMA_MARK}\.(\w+)\(")
+
+
 def install_sql(schema_editor: Any, package: str, filename: str) -> None:
-    """Run a .sql file of functions in a migration, in the schema of the app's tables."""
+    """Run a .sql file of functions in a migration, in the schema of the app's tables.
+
+    No function it creates stays executable by PUBLIC: ledger_grants grants
+    each role its own.
+    """
+    text = read_sql(package, filename)
     with schema_editor.connection.cursor() as cursor:
         schema = schema_of(cursor)
-        text = with_schema(read_sql(package, filename), schema, cursor.connection)
-    schema_editor.execute(text, params=None)
+        schema_editor.execute(with_schema(text, schema, cursor.connection), params=None)
+        for signature in _signatures(cursor, schema, _FUNCTION.findall(text)):
+            cursor.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC")
+
+
+def drop_sql(schema_editor: Any, package: str, filename: str) -> None:
+    """Drop every function a .sql file creates (the reverse of install_sql)."""
+    text = read_sql(package, filename)
+    with schema_editor.connection.cursor() as cursor:
+        schema = schema_of(cursor)
+        for signature in _signatures(cursor, schema, _FUNCTION.findall(text)):
+            cursor.execute(f"DROP FUNCTION IF EXISTS {signature}")
+
+
+def _signatures(cursor: Any, schema: str, names: list[str]) -> list[str]:
+    # regprocedure's text is the function's schema-qualified, quoted signature.
+    cursor.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p"
+        " WHERE p.pronamespace = %s::regnamespace AND p.proname = ANY(%s) ORDER BY p.oid DESC",
+        [sql.Identifier(schema).as_string(cursor.connection), names],
+    )
+    return [row[0] for row in cursor.fetchall()]
 
 
 @cache

@@ -195,3 +195,16 @@ def test_notify__a_statement_of_new_and_moved_jobs_names_each_queue_once():
 
     assert Job.objects.filter(queue_name="shared", state="READY").count() == 1
     assert payloads == ['["shared"]']
+
+
+@pytest.mark.parametrize("run_after", ["13/01/2030 00:00", "now", "2030-01-01 00:00"])
+def test_apply__refuses_payload_times_replay_could_read_otherwise_even_from_the_owner(
+    run_after, count_rows
+):
+    with pytest.raises(DatabaseError, match="not an ISO 8601 time with its offset"):
+        run_sql(
+            "INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)"
+            " VALUES (%s, 1, 'created', jsonb_build_object('name', 'testjob', 'run_after', %s::text))",
+            [uuid.uuid4(), run_after],
+        )
+    assert count_rows("django_dbq_jobevent") == 0

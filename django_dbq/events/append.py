@@ -65,11 +65,7 @@ def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
         with connection.cursor() as cursor:
             yield cursor
         return
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    with connection.wrap_database_errors:
-        raw = ServerBindingCursor(connection.connection)
+    raw = _server_binding_cursor(connection)
     cursor = (
         connection.make_debug_cursor(raw)
         if connection.queries_logged
@@ -90,14 +86,19 @@ def execute_secret(
     Errors are Django's, as with connection.cursor().
     """
     connection = connections[using]
+    with _server_binding_cursor(connection) as cursor, connection.wrap_database_errors:
+        connection.validate_no_broken_transaction()
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _server_binding_cursor(connection: Any) -> ServerBindingCursor:
+    """A psycopg cursor that binds on the server, on the connection as Django keeps it."""
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
-        connection.validate_no_broken_transaction()
-        with ServerBindingCursor(connection.connection) as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
+        return ServerBindingCursor(connection.connection)
 
 
 def append_created(

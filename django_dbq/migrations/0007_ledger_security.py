@@ -20,7 +20,7 @@ import pgtrigger.migrations
 from django.db import migrations, models
 
 from django_dbq.roles import revoke_statements
-from django_dbq.sqlfiles import install_sql
+from django_dbq.sqlfiles import drop_sql, install_sql
 
 SQL_FILES = [
     "0007_apply.sql",
@@ -28,37 +28,6 @@ SQL_FILES = [
     "0007_ledger.sql",
     "0007_worker.sql",
     "0007_operations.sql",
-]
-
-NEW_FUNCTIONS = [
-    "dbq_next_state_v2(text, text, jsonb, boolean)",
-    "dbq_event_is_illegal_v2(text, integer, jsonb, boolean, text, integer, boolean)",
-    "dbq_refuse_events_v2(django_dbq_jobevent[])",
-    "dbq_job_row_v1(uuid, integer, jsonb, timestamptz)",
-    "dbq_fold_events_v1(django_dbq_jobevent[])",
-    "dbq_apply_events_v4()",
-    "dbq_protect_projection_v2()",
-    "dbq_replay_events_v4(timestamptz, uuid[], bigint)",
-    "dbq_protect_ledger_v1()",
-    "dbq_is_iso_time_v1(text)",
-    "dbq_check_time_v1(text)",
-    "dbq_check_created_v1(uuid, jsonb)",
-    "dbq_create_job_v1(uuid, jsonb)",
-    "dbq_create_jobs_v1(jsonb)",
-    "dbq_update_jobs_v1(jsonb)",
-    "dbq_delete_old_jobs_v2(timestamptz)",
-    "dbq_lease_key_v1(text)",
-    "dbq_lease_until_v1(float8)",
-    "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",
-    "dbq_record_outcomes_v1(text, jsonb)",
-    "dbq_refuse_worker_kind_v1(text, text)",
-    "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
-    "dbq_save_held_v1(text, jsonb)",
-    "dbq_renew_leases_v2(text, uuid[], float8)",
-    "dbq_expire_leases_v2(text, integer)",
-    "dbq_cancel_jobs_v2(uuid[], text)",
-    "dbq_requeue_jobs_v2(uuid[], text)",
-    "dbq_release_jobs_v1(uuid[], text)",
 ]
 
 PGTRIGGER_STUBS = [
@@ -114,10 +83,9 @@ OLD_OWNER_RIGHTS = [
 
 
 def install_functions(apps, schema_editor):
+    # install_sql revokes EXECUTE from PUBLIC on every function it creates.
     for name in SQL_FILES:
         install_sql(schema_editor, "django_dbq.migrations", f"sql/{name}")
-    for signature in NEW_FUNCTIONS:
-        schema_editor.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC", params=None)
 
 
 def revoke_trigger_stubs(apps, schema_editor):
@@ -128,8 +96,8 @@ def revoke_trigger_stubs(apps, schema_editor):
 
 
 def drop_functions(apps, schema_editor):
-    for signature in reversed(NEW_FUNCTIONS):
-        schema_editor.execute(f"DROP FUNCTION IF EXISTS {signature}", params=None)
+    for name in reversed(SQL_FILES):
+        drop_sql(schema_editor, "django_dbq.migrations", f"sql/{name}")
 
 
 def drop_old_functions(apps, schema_editor):

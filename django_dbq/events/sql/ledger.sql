@@ -31,16 +31,24 @@ END
 $$;
 
 
--- dbq_is_iso_time_v1: whether a payload's time (run_after) is written in full
--- ISO 8601 with its offset, or absent. The trigger and replay turn such text
--- into the same instant whatever the session's TimeZone and DateStyle; text
--- such as '13/01/2030' or 'now' would not replay the same (or at all), and the
--- ledger keeps it for good.
-CREATE OR REPLACE FUNCTION @schema@.dbq_is_iso_time_v1(value text)
+-- dbq_is_job_fields_v1: whether `payload` holds fields of a job an application
+-- may write (name, state, next_task, workspace, queue_name, priority,
+-- run_after) and nothing else: no attempts, import marks, leases or times of
+-- its own. Inlined: the quick test of every enqueue and save.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_job_fields_v1(payload jsonb)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT value IS NULL
-        OR value ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}(:?\d{2}(:?\d{2})?)?|Z)$'
+    SELECT jsonb_typeof(payload) = 'object'
+       AND payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] = '{}'::jsonb
+$$;
+
+
+-- dbq_is_creatable_v1: dbq_is_job_fields_v1, in a state a job may be created in.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_creatable_v1(payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT @schema@.dbq_is_job_fields_v1(payload)
+       AND COALESCE(payload ->> 'state', 'NEW') IN ('NEW', 'READY', 'FAILED', 'COMPLETE')
 $$;
 
 
@@ -52,37 +60,34 @@ CREATE OR REPLACE FUNCTION @schema@.dbq_check_created_v1(job_id uuid, payload js
 RETURNS jsonb
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF jsonb_typeof(payload) IS DISTINCT FROM 'object' THEN
-        RAISE EXCEPTION 'django_dbq: the created event of job % must be a JSON object', job_id
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] <> '{}'::jsonb THEN
-        RAISE EXCEPTION 'django_dbq: a created event may not set %',
-            (SELECT string_agg(k, ', ') FROM jsonb_object_keys(payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[]) k)
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'An application enqueues name, state, next_task, workspace, queue_name, priority and run_after.';
-    END IF;
+    PERFORM @schema@.dbq_check_fields_v1('created', payload);
     IF COALESCE(payload ->> 'state', 'NEW') NOT IN ('NEW', 'READY', 'FAILED', 'COMPLETE') THEN
         RAISE EXCEPTION 'django_dbq: a job cannot be created in state %', payload ->> 'state'
             USING ERRCODE = 'check_violation',
                   HINT = 'Create it as NEW, READY, FAILED or COMPLETE; only a worker moves a job to PROCESSING or STOPPING.';
     END IF;
-    PERFORM @schema@.dbq_check_time_v1(payload ->> 'run_after');
     RETURN payload;
 END
 $$;
 
 
--- dbq_check_time_v1: raise unless dbq_is_iso_time_v1(value).
-CREATE OR REPLACE FUNCTION @schema@.dbq_check_time_v1(value text)
-RETURNS void
+-- dbq_check_fields_v1: raise unless dbq_is_job_fields_v1(payload), naming what
+-- the `kind` event may not hold; returns the payload when it passes.
+CREATE OR REPLACE FUNCTION @schema@.dbq_check_fields_v1(kind text, payload jsonb)
+RETURNS jsonb
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT @schema@.dbq_is_iso_time_v1(value) THEN
-        RAISE EXCEPTION 'django_dbq: run_after % is not an ISO 8601 time with its offset', value
-            USING ERRCODE = 'invalid_datetime_format',
-                  HINT = 'Write times as 2030-01-13T00:00:00+00:00 (Python: aware_datetime.isoformat()).';
+    IF jsonb_typeof(payload) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'django_dbq: the % event''s payload must be a JSON object', kind
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF NOT @schema@.dbq_is_job_fields_v1(payload) THEN
+        RAISE EXCEPTION 'django_dbq: a % event may not set %', kind,
+            (SELECT string_agg(k, ', ') FROM jsonb_object_keys(payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[]) k)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'An application writes name, state, next_task, workspace, queue_name, priority and run_after; workers record their own events.';
+    END IF;
+    RETURN payload;
 END
 $$;
 
@@ -95,10 +100,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     created_at timestamptz;
 BEGIN
-    IF jsonb_typeof(p_payload) IS DISTINCT FROM 'object'
-       OR p_payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] <> '{}'::jsonb
-       OR COALESCE(p_payload ->> 'state', 'NEW') NOT IN ('NEW', 'READY', 'FAILED', 'COMPLETE')
-       OR NOT @schema@.dbq_is_iso_time_v1(p_payload ->> 'run_after') THEN
+    IF NOT COALESCE(@schema@.dbq_is_creatable_v1(p_payload::jsonb), false) THEN
         PERFORM @schema@.dbq_check_created_v1(p_job_id, p_payload);
     END IF;
     INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
@@ -122,11 +124,7 @@ BEGIN
     RETURN QUERY
     INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
     SELECT e.job_id, 1, 'created', CASE
-        WHEN jsonb_typeof(e.payload) = 'object'
-         AND e.payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] = '{}'::jsonb
-         AND COALESCE(e.payload ->> 'state', 'NEW') IN ('NEW', 'READY', 'FAILED', 'COMPLETE')
-         AND @schema@.dbq_is_iso_time_v1(e.payload ->> 'run_after')
-        THEN e.payload
+        WHEN @schema@.dbq_is_creatable_v1(e.payload::jsonb) THEN e.payload
         ELSE @schema@.dbq_check_created_v1(e.job_id::uuid, e.payload::jsonb)
         END
     FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
@@ -139,50 +137,69 @@ $$;
 
 -- dbq_update_jobs_v1: job.save()'s `updated` events, one per job at the job's
 -- next version; `events` is a JSON array of {job_id, kind, payload}, kind
--- `updated` and payload the changed fields a save may set. Locking the
--- projection rows first serialises writers of the same job, so a concurrent
--- writer waits and then reads the version this statement leaves. The state
--- machine refuses a save into or out of a worker's states.
+-- `updated` and payload the changed fields a save may set. The state machine
+-- refuses a save into or out of a worker's states.
 CREATE OR REPLACE FUNCTION @schema@.dbq_update_jobs_v1(events jsonb)
 RETURNS TABLE (job_id uuid, version integer, at float8)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    bad record;
 BEGIN
-    SELECT i.kind, i.payload INTO bad
-    FROM jsonb_to_recordset(events) AS i(kind text, payload jsonb)
-    WHERE i.kind IS DISTINCT FROM 'updated'
-       OR jsonb_typeof(i.payload) IS DISTINCT FROM 'object'
-       OR i.payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] <> '{}'::jsonb
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'django_dbq: an application saves a job with an updated event of its fields, not % %', bad.kind, bad.payload
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Use job.save(), job.cancel() or job.requeue(); workers record their own events.';
-    END IF;
-    PERFORM @schema@.dbq_check_time_v1(i.payload ->> 'run_after')
-    FROM jsonb_to_recordset(events) AS i(payload jsonb)
-    WHERE NOT @schema@.dbq_is_iso_time_v1(i.payload ->> 'run_after');
+    RETURN QUERY SELECT * FROM @schema@.dbq_append_updates_v1(events::jsonb, NULL::text);
+END
+$$;
+
+
+-- dbq_append_updates_v1: the `updated` events of dbq_update_jobs_v1 and
+-- dbq_save_held_v1, one per job at its next version, each checked as it is
+-- inserted; with `key_hash`, only for jobs claimed with that key under a live
+-- lease. Locking the projection rows first serialises writers of the same job,
+-- so a concurrent writer waits and then reads the version this statement
+-- leaves. Called by those two functions only (not granted).
+CREATE OR REPLACE FUNCTION @schema@.dbq_append_updates_v1(events jsonb, key_hash text)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
     RETURN QUERY
     WITH incoming AS (
         SELECT *
-        FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
-            WITH ORDINALITY AS i(job_id, payload, n)
+        FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, kind text, payload jsonb))
+            WITH ORDINALITY AS i(job_id, kind, payload, n)
     ), current_version AS (
         SELECT j.id, j.version
         FROM @schema@.django_dbq_job j
         WHERE j.id IN (SELECT i.job_id FROM incoming i)
+          AND (key_hash IS NULL OR (j.lease_key = key_hash
+                                    AND j.state IN ('PROCESSING', 'STOPPING')
+                                    AND j.lease_until > now()))
         FOR NO KEY UPDATE
     ), appended AS (
         INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
-        SELECT i.job_id, c.version + 1, 'updated', i.payload
+        SELECT i.job_id, c.version + 1, 'updated', CASE
+            WHEN i.kind = 'updated' AND @schema@.dbq_is_job_fields_v1(i.payload) THEN i.payload
+            ELSE @schema@.dbq_refuse_update_v1(i.kind::text, i.payload::jsonb)
+            END
         FROM incoming i
         JOIN current_version c ON c.id = i.job_id
         ORDER BY i.n
         RETURNING job_id, version, at
     )
     SELECT a.job_id, a.version::integer, extract(epoch FROM a.at)::float8 FROM appended a;
+END
+$$;
+
+
+-- dbq_refuse_update_v1: the error for a save that is not an `updated` event of
+-- a job's fields.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_update_v1(kind text, payload jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF kind IS DISTINCT FROM 'updated' THEN
+        RAISE EXCEPTION 'django_dbq: a save appends an updated event of the job''s fields, not %', COALESCE(kind, 'null')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Use job.save(), job.cancel() or job.requeue(); workers record their own events.';
+    END IF;
+    RETURN @schema@.dbq_check_fields_v1(kind, payload);
 END
 $$;
 

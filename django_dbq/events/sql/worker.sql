@@ -129,9 +129,8 @@ BEGIN
     INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
     SELECT i.job_id, h.version + 1, CASE
         WHEN i.kind IN ('task_done', 'completed', 'failed', 'retried', 'stopping', 'released')
-             AND @schema@.dbq_is_iso_time_v1(i.payload ->> 'run_after')
             THEN i.kind
-        ELSE @schema@.dbq_refuse_worker_kind_v1(i.kind::text, i.payload ->> 'run_after')
+        ELSE @schema@.dbq_refuse_worker_kind_v1(i.kind::text)
         END,
         i.payload
     FROM incoming i
@@ -142,13 +141,11 @@ END
 $$;
 
 
--- dbq_refuse_worker_kind_v1: the error for an event a worker may not record:
--- a kind not its own, or a run_after that is not an ISO 8601 time.
-CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_worker_kind_v1(kind text, run_after text)
+-- dbq_refuse_worker_kind_v1: the error for an event kind a worker may not record.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_worker_kind_v1(kind text)
 RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM @schema@.dbq_check_time_v1(run_after);
     RAISE EXCEPTION 'django_dbq: a worker records task_done, completed, failed, retried, stopping or released, not %', COALESCE(kind, 'another kind')
         USING ERRCODE = 'insufficient_privilege';
 END
@@ -197,42 +194,9 @@ $$;
 CREATE OR REPLACE FUNCTION @schema@.dbq_save_held_v1(p_key text, events jsonb)
 RETURNS TABLE (job_id uuid, version integer, at float8)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    key_hash text := @schema@.dbq_lease_key_v1(p_key::text);
 BEGIN
-    IF EXISTS (
-        SELECT FROM jsonb_to_recordset(events) AS i(kind text, payload jsonb)
-        WHERE i.kind IS DISTINCT FROM 'updated'
-           OR jsonb_typeof(i.payload) IS DISTINCT FROM 'object'
-           OR i.payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] <> '{}'::jsonb
-           OR NOT @schema@.dbq_is_iso_time_v1(i.payload ->> 'run_after')
-    ) THEN
-        RAISE EXCEPTION 'django_dbq: a task saves the fields of the job it runs, with an updated event'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN QUERY
-    WITH incoming AS (
-        SELECT *
-        FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
-            WITH ORDINALITY AS i(job_id, payload, n)
-    ), held AS (
-        SELECT j.id, j.version
-        FROM @schema@.django_dbq_job j
-        WHERE j.id IN (SELECT i.job_id FROM incoming i)
-          AND j.lease_key = key_hash
-          AND j.state IN ('PROCESSING', 'STOPPING')
-          AND j.lease_until > now()
-        FOR NO KEY UPDATE
-    ), appended AS (
-        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
-        SELECT i.job_id, h.version + 1, 'updated', i.payload
-        FROM incoming i
-        JOIN held h ON h.id = i.job_id
-        ORDER BY i.n
-        RETURNING job_id, version, at
-    )
-    SELECT a.job_id, a.version::integer, extract(epoch FROM a.at)::float8 FROM appended a;
+    RETURN QUERY SELECT * FROM @schema@.dbq_append_updates_v1(
+        events::jsonb, @schema@.dbq_lease_key_v1(p_key::text));
 END
 $$;
 

@@ -117,6 +117,36 @@ END
 $$;
 
 
+-- dbq_refuse_time_v1: the error for a payload time dbq_time_v1 does not take.
+-- STABLE (it only raises), so that dbq_time_v1 can be inlined.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_time_v1(value text)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RAISE EXCEPTION 'django_dbq: time % is not an ISO 8601 time with its offset', value
+        USING ERRCODE = 'invalid_datetime_format',
+              HINT = 'Write times as 2030-01-13T00:00:00+00:00 (Python: aware_datetime.isoformat()).';
+END
+$$;
+
+
+-- dbq_time_v1: a time written into a payload by a client (run_after; created
+-- and modified of imported jobs), as the instant it names. Only full ISO 8601
+-- with an offset is taken: such text is the same instant under every TimeZone
+-- and DateStyle, so the trigger and replay read it alike; other text
+-- ('13/01/2030', 'now', no offset) is refused as it is appended, since the
+-- ledger would keep it for good. Inlined into the statements that use it.
+CREATE OR REPLACE FUNCTION @schema@.dbq_time_v1(value text)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN value IS NULL THEN NULL
+        WHEN value ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}(:?\d{2}(:?\d{2})?)?|Z)$' THEN value::timestamptz
+        ELSE @schema@.dbq_refuse_time_v1(value)
+    END
+$$;
+
+
 -- dbq_job_row_v1: the projection row of a `created` event, the one place where
 -- an event's payload becomes a new row. A set-returning SQL function of one row,
 -- so that PostgreSQL inlines it into the INSERT of each caller
@@ -129,15 +159,15 @@ CREATE OR REPLACE FUNCTION @schema@.dbq_job_row_v1(
 RETURNS SETOF @schema@.django_dbq_job
 LANGUAGE sql STABLE AS $$
     SELECT job_id,
-           COALESCE((payload ->> 'created')::timestamptz, at),
-           COALESCE((payload ->> 'modified')::timestamptz, at),
+           COALESCE(@schema@.dbq_time_v1(payload ->> 'created'), at),
+           COALESCE(@schema@.dbq_time_v1(payload ->> 'modified'), at),
            (payload ->> 'name')::varchar,
            COALESCE(payload ->> 'state', 'NEW')::varchar,
            COALESCE(payload ->> 'next_task', '')::varchar,
            NULLIF(payload -> 'workspace', 'null'::jsonb),
            COALESCE(payload ->> 'queue_name', 'default')::varchar,
            COALESCE((payload ->> 'priority')::smallint, 0::smallint),
-           (payload ->> 'run_after')::timestamptz,
+           @schema@.dbq_time_v1(payload ->> 'run_after'),
            version,
            NULL::varchar,
            NULL::timestamptz,
@@ -221,7 +251,7 @@ BEGIN
                                 THEN (e.payload ->> 'priority')::smallint ELSE j.priority END,
                 run_after = CASE
                     WHEN e.kind IN ('updated', 'retried') AND e.payload ? 'run_after'
-                        THEN (e.payload ->> 'run_after')::timestamptz
+                        THEN @schema@.dbq_time_v1(e.payload ->> 'run_after')
                     WHEN e.kind = 'requeued' THEN NULL
                     ELSE j.run_after END,
                 -- Failed attempts so far; a requeue starts the count again.

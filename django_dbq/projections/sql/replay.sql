@@ -5,7 +5,7 @@
 -- rebuild sets the projection's indexes and primary key aside for its rounds.
 -- What is installed now (migration 0007); runs with the caller's rights, and
 -- only the tables' owner may run it. Payload times are ISO 8601 with an
--- offset (the ledger's functions refuse others), so they replay to the same
+-- offset (dbq_time_v1 refuses others as they are appended), so they replay to the same
 -- instants under any TimeZone and DateStyle.
 --
 -- Why slices: a round is handed to the apply function as one array; built for
