@@ -25,3 +25,11 @@ class ProjectionWriteError(DbqError, RuntimeError):
 
 class JobGoneError(DbqError, LookupError):
     """An event was appended for a job that is not in the projection."""
+
+
+class WorkerLost(DbqError):
+    """The worker running a job was lost (its process died or lost the database).
+
+    Never raised: the name of the error a `retried` or `failed` event carries when
+    a lost worker's job counts an attempt (see django_dbq.retries).
+    """

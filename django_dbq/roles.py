@@ -33,16 +33,21 @@ APP_FUNCTIONS = (
     "dbq_release_jobs_v1(uuid[], text)",
 )
 WORKER_FUNCTIONS = (
-    "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",
+    "dbq_claim_jobs_v3(text, integer, text, text, text, integer, float8, text[])",
     "dbq_record_outcomes_v1(text, jsonb)",
-    "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
+    "dbq_record_and_claim_v2(text, jsonb, text, integer, text, text, integer, float8, text[])",
     "dbq_renew_leases_v2(text, uuid[], float8)",
-    "dbq_expire_leases_v2(text, integer)",
+    "dbq_expire_leases_v3(text, integer, jsonb)",
     # A task saves the job it runs (job.save()), proved by the worker's key.
     "dbq_save_held_v1(text, jsonb)",
     # A task may enqueue more jobs.
     "dbq_create_job_v1(uuid, jsonb)",
     "dbq_create_jobs_v1(jsonb)",
+    # Superseded by migration 0008, kept for workers of the previous release
+    # while a rolling deploy replaces them.
+    "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",
+    "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
+    "dbq_expire_leases_v2(text, integer)",
 )
 RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v2(timestamptz)",)
 # What no role but the owner may hold on the tables and the event id sequence.

@@ -97,8 +97,23 @@ JOBS = {
     "counted": ["tests.jobs.record_run", "tests.jobs.record_run_again"],
     "counted_once": ["tests.jobs.record_run"],
     "saves_slowly": ["tests.jobs.saving_slowly"],
-    "killed_once": ["tests.jobs.sleep_on_first_run"],
-    "kills_its_worker_once": ["tests.jobs.kill_worker_on_first_run"],
+    # A lost worker's job counts an attempt: these are retried at once.
+    "killed_once": {
+        "tasks": ["tests.jobs.sleep_on_first_run"],
+        "retry_backoff": "constant",
+        "retry_delay": 0,
+    },
+    "kills_its_worker_once": {
+        "tasks": ["tests.jobs.kill_worker_on_first_run"],
+        "retry_backoff": "constant",
+        "retry_delay": 0,
+    },
+    "kills_its_worker": {
+        "tasks": ["tests.jobs.kill_worker"],
+        "retries": 2,
+        "retry_backoff": "constant",
+        "retry_delay": 0.5,
+    },
     "saves": ["tests.jobs.saving_task"],
     "flaky": {
         "tasks": ["tests.jobs.task_one", "tests.jobs.flaky_task"],

@@ -112,7 +112,7 @@ def test_app_role__enqueues_and_saves_but_cannot_claim_or_delete(roles):
     assert Job.objects.count() == 4 and Job.objects.filter(priority=3).count() == 1
     with connect_as(roles["app"]) as conn:
         refused(
-            conn, "SELECT * FROM dbq_claim_jobs_v2('default', 1, 'w', %s, 'h', 1, 30)", ["k" * 64]
+            conn, "SELECT * FROM dbq_claim_jobs_v3('default', 1, 'w', %s, 'h', 1, 30)", ["k" * 64]
         )
         refused(
             conn,

@@ -31,9 +31,9 @@ def test_state_machine__names_every_event_kind():
 
 
 def claim_statement():
-    """The statement inside dbq_claim_jobs_v2, with its parameters as query parameters."""
+    """The statement inside dbq_claim_jobs_v3, with its parameters as query parameters."""
     body = read_sql("django_dbq.events", "sql/worker.sql").replace("@schema@", "public")
-    body = body[body.index("FUNCTION public.dbq_claim_jobs_v2") :]
+    body = body[body.index("FUNCTION public.dbq_claim_jobs_v3") :]
     statement = body[body.index("RETURN QUERY") + len("RETURN QUERY") : body.index(";\nEND")]
     for name in ("p_queue_name", "max_jobs", "p_worker", "p_host", "p_pid", "key_hash"):
         statement = re.sub(rf"\b{name}\b", f"%({name})s", statement)

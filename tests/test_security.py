@@ -74,7 +74,7 @@ def job_row(owner, job_id):
 
 def claim(conn, key, queue="default", lease=30.0, worker="w"):
     return conn.execute(
-        "SELECT id, lease_until FROM dbq_claim_jobs_v2(%s, 10, %s, %s, 'h', 1, %s)",
+        "SELECT id, lease_until FROM dbq_claim_jobs_v3(%s, 10, %s, %s, 'h', 1, %s)",
         [queue, worker, key, lease],
     ).fetchall()
 
@@ -516,12 +516,12 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
     with owned.connect("worker") as conn:
         assert [row[0] for row in claim(conn, key, queue="planted")] == [waiting]
         conn.execute(
-            "SELECT * FROM dbq_record_and_claim_v1(%s, jsonb_build_array(jsonb_build_object("
+            "SELECT * FROM dbq_record_and_claim_v2(%s, jsonb_build_array(jsonb_build_object("
             "'job_id', %s::uuid, 'kind', 'completed', 'payload', '{}'::jsonb)),"
             " 'planted', 10, 'w', 'h', 1, 30)",
             [key, waiting],
         )
-        conn.execute("SELECT * FROM dbq_expire_leases_v2('w', 10)")
+        conn.execute("SELECT * FROM dbq_expire_leases_v3('w', 10, '{}')")
     # The owner's own rebuild, in a session whose search_path is the app's schema.
     with owned.connect("owner") as conn, conn.transaction(force_rollback=True):
         conn.execute("SELECT dbq_replay_events_v4()")
@@ -533,19 +533,19 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
 # argument sent as a small integer or as a string of unknown type.
 PLANTED_ENTRY_POINTS = [
     planted_function(
-        "dbq_record_and_claim_v1",
+        "dbq_record_and_claim_v2",
         "text, jsonb, text, smallint, text, text, integer, float8, text[]",
         "void",
     ),
     planted_function(
-        "dbq_record_and_claim_v1",
+        "dbq_record_and_claim_v2",
         "text, jsonb, text, integer, text, text, smallint, float8, text[]",
         "void",
     ),
     planted_function(
-        "dbq_claim_jobs_v2", "text, smallint, text, text, text, integer, float8, text[]", "void"
+        "dbq_claim_jobs_v3", "text, smallint, text, text, text, integer, float8, text[]", "void"
     ),
-    planted_function("dbq_expire_leases_v2", "text, smallint", "void"),
+    planted_function("dbq_expire_leases_v3", "text, smallint, text", "void"),
     planted_function("dbq_replay_events_v4", "text, text, integer", "bigint"),
     planted_function("dbq_replay_events_v4", "text, text, bigint", "bigint"),
     planted_function("dbq_delete_old_jobs_v2", "text", "bigint"),
@@ -652,11 +652,14 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_apply_events_v4": [],
         "dbq_cancel_jobs_v2": ["app"],
         "dbq_claim_jobs_v2": ["worker"],
+        "dbq_claim_jobs_v3": ["worker"],
         "dbq_create_job_v1": ["app", "worker"],
         "dbq_create_jobs_v1": ["app", "worker"],
         "dbq_delete_old_jobs_v2": ["maintenance"],
         "dbq_expire_leases_v2": ["worker"],
+        "dbq_expire_leases_v3": ["worker"],
         "dbq_record_and_claim_v1": ["worker"],
+        "dbq_record_and_claim_v2": ["worker"],
         "dbq_record_outcomes_v1": ["worker"],
         "dbq_release_jobs_v1": ["app"],
         "dbq_renew_leases_v2": ["worker"],

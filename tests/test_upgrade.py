@@ -121,3 +121,44 @@ def test_upgrade__to_0007_takes_back_old_write_grants_and_migrates_back_and_fort
         with psycopg.connect(old_database, autocommit=True) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE "{role}"')
+
+
+def may_execute(url, role, signature):
+    return rows(url, f"SELECT has_function_privilege('{role}', '{signature}', 'EXECUTE')")[0][0]
+
+
+SUPERSEDED_BY_0008 = (
+    "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",
+    "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
+    "dbq_expire_leases_v2(text, integer)",
+)
+
+
+def test_upgrade__to_0008_gives_a_worker_role_the_new_functions_of_the_old_ones(old_database):
+    assert manage(old_database, "migrate", "django_dbq", "0007").returncode == 0
+    role = f"dbq_t_old_worker_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(old_database, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}"')  # test constants, not input
+        # What ledger_grants of the earlier release gave a worker role.
+        for signature in SUPERSEDED_BY_0008:
+            conn.execute(f'GRANT EXECUTE ON FUNCTION {signature} TO "{role}"')
+    new = "dbq_expire_leases_v3(text, integer, jsonb)"
+    try:
+        forward = manage(old_database, "migrate")
+        assert forward.returncode == 0, forward.stderr
+        assert may_execute(old_database, role, new)
+        assert may_execute(
+            old_database,
+            role,
+            "dbq_claim_jobs_v3(text, integer, text, text, text, integer, float8, text[])",
+        )
+        assert not may_execute(old_database, "public", new)
+
+        back = manage(old_database, "migrate", "django_dbq", "0007")
+        assert back.returncode == 0, back.stderr
+        assert rows(old_database, f"SELECT to_regprocedure('{new}') IS NULL") == [(True,)]
+        assert manage(old_database, "migrate").returncode == 0
+    finally:
+        with psycopg.connect(old_database, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,8 @@ def test_concurrency_option__restarts_a_child_that_dies_and_the_job_completes(ru
 
     assert code == 0, err[-2000:]
     assert "event=worker_died" in err and "status=-9" in err
-    assert kinds(job.id) == ["created", "claimed", "lease_expired", "claimed", "completed"]
+    # The job its worker died in counts an attempt (retried, WorkerLost).
+    assert kinds(job.id) == ["created", "claimed", "retried", "claimed", "completed"]
     assert len(runs_of(job.id)) == 2
 
 
@@ -153,7 +155,7 @@ def test_burst__returns_jobs_of_a_dead_worker_before_it_decides_the_queue_is_emp
     code, _, err = finish(start_worker("--burst", DBQ_LEASE_SECONDS="1"))
 
     assert code == 0, err[-2000:]
-    assert kinds(job.id) == ["created", "claimed", "lease_expired", "claimed", "completed"]
+    assert kinds(job.id) == ["created", "claimed", "retried", "claimed", "completed"]
 
 
 def test_kill_9__the_job_is_finished_by_another_worker_after_the_lease(runs_file):
@@ -167,7 +169,7 @@ def test_kill_9__the_job_is_finished_by_another_worker_after_the_lease(runs_file
 
     assert code == 0, err[-2000:]
     assert Job.objects.get(pk=job.pk).state == Job.STATES.COMPLETE
-    assert kinds(job.id) == ["created", "claimed", "lease_expired", "claimed", "completed"]
+    assert kinds(job.id) == ["created", "claimed", "retried", "claimed", "completed"]
     claims = Job.objects.get(pk=job.pk).events.filter(kind="claimed")
     assert claims[0].payload["pid"] == first.pid != claims[1].payload["pid"]
     assert len(runs_of(job.id)) == 2
@@ -209,7 +211,9 @@ def test_sigterm__a_task_that_saves_its_progress_finishes_and_completes(runs_fil
     assert verify_projection().ok
 
 
-def test_second_signal__exits_at_once_and_the_lease_recovers_the_job(runs_file):
+def test_second_signal__exits_at_once_and_the_lease_recovers_the_job_without_an_attempt(
+    runs_file,
+):
     job = Job.objects.create(name="killed_once")
     worker = start_worker(DBQ_LEASE_SECONDS="2")
     wait_for(lambda: runs_of(job.id))
@@ -231,6 +235,8 @@ def test_second_signal__exits_at_once_and_the_lease_recovers_the_job(runs_file):
         "claimed",
         "completed",
     ]
+    # Stopped by its operator, not lost to its task: no attempt counted.
+    assert Job.objects.get(pk=job.pk).attempts == 0
 
 
 def test_heartbeat__a_long_task_keeps_its_job_past_the_lease(runs_file):
@@ -276,4 +282,34 @@ def test_lost_connections__workers_reconnect_and_lose_or_repeat_nothing(runs_fil
     assert "event=database_error" in results[0][2] + results[1][2]
     assert Job.objects.filter(state=Job.STATES.COMPLETE).count() == 400
     assert_each_task_ran_once(runs_file, jobs, tasks_per_job=2)
+    assert verify_projection().ok
+
+
+def test_crash_loop__a_task_that_always_kills_its_worker_fails_after_its_retries(runs_file):
+    crashing = Job.objects.create(name="kills_its_worker")  # retries 2, 0.5 s apart
+    fine = Job.objects.bulk_create([Job(name="counted_once") for _ in range(20)])
+    supervisor = start_worker("--concurrency", "2", DBQ_LEASE_SECONDS="1")
+
+    wait_for(lambda: Job.objects.get(pk=crashing.pk).state == Job.STATES.FAILED, timeout=60)
+    wait_for(lambda: not Job.objects.exclude(state__in=["COMPLETE", "FAILED"]).exists())
+    wait_for(lambda: len(children_of(supervisor.pid)) == 2)  # the dead ones were replaced
+    supervisor.send_signal(signal.SIGTERM)
+    code, _, err = finish(supervisor)
+
+    assert code == 0, err[-2000:]
+    job = Job.objects.get(pk=crashing.pk)
+    history = list(job.events.order_by("version"))
+    assert [e.kind for e in history] == [
+        "created", "claimed", "retried", "claimed", "retried", "claimed", "failed",
+    ]  # fmt: skip
+    assert len(runs_of(job.id)) == 3 and job.attempts == 3
+    errors = [e.payload["error"] for e in history if e.kind in ("retried", "failed")]
+    assert {e["type"] for e in errors} == {"django_dbq.exceptions.WorkerLost"}
+    assert "attempt 3 of 3" in errors[-1]["message"]
+    # Each retry waited for the job's backoff.
+    retried_at = [e.at for e in history if e.kind == "retried"]
+    claimed_at = [e.at for e in history if e.kind == "claimed"][1:]
+    assert all(c - r >= timedelta(seconds=0.5) for r, c in zip(retried_at, claimed_at, strict=True))
+    assert Job.objects.filter(pk__in=[j.pk for j in fine], state="COMPLETE").count() == 20
+    assert "event=worker_lost" in err and "outcome=failed" in err
     assert verify_projection().ok

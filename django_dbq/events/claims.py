@@ -8,6 +8,7 @@ database accepts a worker's events only for jobs claimed with the same key
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -15,9 +16,13 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS
 
+from django_dbq import jsonutil
 from django_dbq.clock import from_epoch
 from django_dbq.events.append import Appended, encode_events, execute_secret
+from django_dbq.retries import lost_worker_rules
 from django_dbq.sqlfiles import bind, load_queries
+
+logger = logging.getLogger(__name__)
 
 # The columns jobs_claim returns, in order: Job's concrete fields (created,
 # modified and lease_until as epoch seconds), then the state the job had before
@@ -144,11 +149,30 @@ def renew_leases(
     return {row[0] for row in _execute("jobs_renew_leases", params, using)}
 
 
-def expire_leases(worker: str, limit: int = 500, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
-    """Put running jobs whose lease ran out back in their queue; return their ids."""
-    return [
-        row[0] for row in _execute("jobs_expire_leases", {"worker": worker, "limit": limit}, using)
-    ]
+def expire_leases(
+    worker: str,
+    limit: int = 500,
+    using: str = DEFAULT_DB_ALIAS,
+    rules: dict[str, dict[str, Any]] | None = None,
+) -> list[uuid.UUID]:
+    """Put running jobs whose lease ran out back in their queue; return their ids.
+
+    The job a lost worker was running counts an attempt under `rules` (by default
+    lost_worker_rules(): each job's retries and backoff from settings.JOBS):
+    `retried`, or `failed` once it has had them all, with a WorkerLost error.
+    """
+    params = {
+        "worker": worker,
+        "limit": limit,
+        "rules": jsonutil.dumps(lost_worker_rules() if rules is None else rules),
+    }
+    rows = _execute("jobs_expire_leases", params, using)
+    for job_id, kind in rows:
+        if kind != "lease_expired":
+            logger.warning(
+                "event=worker_lost job=%s outcome=%s noticed_by=%s", job_id, kind, worker
+            )
+    return [job_id for job_id, _ in rows]
 
 
 def seconds_until_due(queue_name: str, using: str = DEFAULT_DB_ALIAS) -> float | None:

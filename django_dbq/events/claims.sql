@@ -8,8 +8,9 @@
 
 -- name: jobs_claim
 -- Claim up to `limit` ready jobs of a queue, in claim order, with a `claimed` event
--- each; `names` (NULL: any) are the job names the worker can run.
-SELECT * FROM dbq_claim_jobs_v2(
+-- each (recording its place in the batch); `names` (NULL: any) are the job names
+-- the worker can run.
+SELECT * FROM dbq_claim_jobs_v3(
     %(queue_name)s::text, %(limit)s::integer, %(worker)s::text, %(key)s::text, %(host)s::text,
     %(pid)s::integer, %(lease_seconds)s::float8, %(names)s::text[]
 )
@@ -24,7 +25,7 @@ SELECT * FROM dbq_record_outcomes_v1(%(key)s::text, %(events)s::jsonb)
 -- Record the outcomes of the batch just run, then claim the next batch: one
 -- statement, one round trip, one commit. Rows with `recorded` true are the
 -- jobs whose outcome was recorded; the others are the claimed jobs.
-SELECT * FROM dbq_record_and_claim_v1(
+SELECT * FROM dbq_record_and_claim_v2(
     %(key)s::text, %(events)s::jsonb, %(queue_name)s::text, %(limit)s::integer, %(worker)s::text,
     %(host)s::text, %(pid)s::integer, %(lease_seconds)s::float8, %(names)s::text[]
 )
@@ -38,8 +39,10 @@ SELECT * FROM dbq_save_held_v1(%(key)s::text, %(events)s::jsonb)
 SELECT * FROM dbq_renew_leases_v2(%(key)s::text, %(job_ids)s::uuid[], %(lease_seconds)s::float8)
 
 -- name: jobs_expire_leases
--- Return to their queue the running jobs whose lease has run out.
-SELECT * FROM dbq_expire_leases_v2(%(worker)s::text, %(limit)s::integer)
+-- Return to their queue the running jobs whose lease has run out; the job a lost
+-- worker was running counts an attempt (`retried` or `failed`, WorkerLost) under
+-- `rules`, {job name: {"limit": n, "delays": [seconds, ...]}}.
+SELECT * FROM dbq_expire_leases_v3(%(worker)s::text, %(limit)s::integer, %(rules)s::jsonb)
 
 -- name: jobs_seconds_until_due
 -- Seconds until the soonest scheduled job of a queue comes due; NULL when none waits.

@@ -1,0 +1,132 @@
+"""A lost worker's job counts an attempt: the database's side (dbq_expire_leases_v3)."""
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from django_dbq.events.claims import append_held, claim_jobs, expire_leases, new_worker_key
+from django_dbq.models import Job
+from django_dbq.projections.replay import verify_projection
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+KEY = new_worker_key()
+AT_ONCE = {"testjob": {"limit": 1, "delays": [0]}}
+
+
+def lose(limit=1, queue="default", key=KEY):
+    """Claim as a worker whose lease runs out in a second, and let it run out."""
+    rows = claim_jobs(queue, limit, "lost-worker", key, "h", 1, 1)
+    time.sleep(1.05)
+    return [row[0] for row in rows]
+
+
+def kinds(job):
+    return list(job.events.values_list("kind", flat=True))
+
+
+def test_lost_worker__the_job_it_ran_is_retried_with_worker_lost_after_its_backoff():
+    job = Job.objects.create(name="kills_its_worker")  # retries 2, constant 0.5 s
+    lose()
+
+    before = timezone.now()
+    assert expire_leases("reaper") == [job.id]
+
+    job.refresh_from_db()
+    assert kinds(job) == ["created", "claimed", "retried"]
+    assert (job.state, job.attempts, job.claimed_by) == (Job.STATES.READY, 1, None)
+    assert before + timedelta(seconds=0.4) < job.run_after < before + timedelta(seconds=2)
+    retried = job.events.get(kind="retried")
+    assert retried.payload["error"]["type"] == "django_dbq.exceptions.WorkerLost"
+    assert "lost-worker" in retried.payload["error"]["message"]
+    assert (retried.payload["attempt"], retried.payload["noticed_by"]) == (1, "reaper")
+    assert verify_projection().ok
+
+
+def test_lost_worker__a_job_without_retries_runs_once_more_then_fails_with_worker_lost():
+    job = Job.objects.create(name="testjob")
+    lose()
+    expire_leases("reaper", rules=AT_ONCE)
+    lose()
+
+    expire_leases("reaper", rules=AT_ONCE)
+
+    job.refresh_from_db()
+    assert kinds(job) == ["created", "claimed", "retried", "claimed", "failed"]
+    assert (job.state, job.attempts) == (Job.STATES.FAILED, 2)
+    error = job.events.get(kind="failed").payload["error"]
+    assert error["type"] == "django_dbq.exceptions.WorkerLost"
+    assert "attempt 2 of 2" in error["message"]
+    assert verify_projection().ok
+
+
+def test_lost_worker__the_default_rules_come_from_settings_jobs_retries():
+    job = Job.objects.create(name="flaky")  # retries 2, constant 0 s
+    for _ in range(3):
+        lose()
+        expire_leases("reaper")
+
+    assert kinds(job)[-1] == "failed" and kinds(job).count("retried") == 2
+
+
+def test_lost_worker__only_the_job_it_was_running_counts_an_attempt_not_the_rest_of_its_batch():
+    jobs = Job.objects.bulk_create([Job(name="testjob") for _ in range(4)])
+    claimed = claim_jobs("default", 4, "lost-worker", KEY, "h", 1, 1)
+    order = [row[0] for row in claimed]
+    # It finished the first job of the batch, and died in the second.
+    assert append_held(KEY, [(order[0], "completed", "{}")]) == {order[0]}
+    time.sleep(1.05)
+
+    assert sorted(expire_leases("reaper", rules=AT_ONCE)) == sorted(order[1:])
+
+    by_id = {job.pk: job for job in Job.objects.filter(pk__in=[j.pk for j in jobs])}
+    positions = [by_id[i].events.get(kind="claimed").payload["position"] for i in order]
+    assert positions == [1, 2, 3, 4]
+    assert kinds(by_id[order[1]])[-1] == "retried" and by_id[order[1]].attempts == 1
+    for unstarted in order[2:]:
+        assert kinds(by_id[unstarted])[-1] == "lease_expired"
+        assert by_id[unstarted].attempts == 0
+    assert verify_projection().ok
+
+
+def test_lost_worker__each_lost_worker_has_its_own_running_job():
+    first, second = Job.objects.bulk_create([Job(name="testjob") for _ in range(2)])
+    claim_jobs("default", 1, "lost-a", KEY, "h", 1, 1)
+    claim_jobs("default", 1, "lost-b", new_worker_key(), "h", 2, 1)
+    time.sleep(1.05)
+
+    expire_leases("reaper", rules=AT_ONCE)
+
+    assert kinds(first)[-1] == kinds(second)[-1] == "retried"
+
+
+def test_lost_worker__a_job_stopping_when_it_was_lost_goes_back_without_an_attempt():
+    job = Job.objects.create(name="testjob")
+    lose_in = claim_jobs("default", 1, "stopped-worker", KEY, "h", 1, 1)
+    append_held(KEY, [(lose_in[0][0], "stopping", "{}")])
+    time.sleep(1.05)
+
+    expire_leases("reaper", rules=AT_ONCE)
+
+    job.refresh_from_db()
+    assert kinds(job)[-1] == "lease_expired"
+    assert (job.state, job.attempts) == (Job.STATES.READY, 0)
+
+
+def test_lost_worker__a_job_imported_as_processing_goes_back_without_an_attempt():
+    # As a django-db-queue database brings a running job: PROCESSING, no lease, no key.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)"
+            " VALUES (gen_random_uuid(), 1, 'created',"
+            ' \'{"name": "testjob", "state": "PROCESSING"}\') RETURNING job_id'
+        )
+        (job_id,) = cursor.fetchone()
+
+    assert expire_leases("reaper", rules=AT_ONCE) == [job_id]
+
+    job = Job.objects.get(pk=job_id)
+    assert kinds(job)[-1] == "lease_expired" and job.attempts == 0
