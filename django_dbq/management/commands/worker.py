@@ -5,8 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from django_dbq.supervisor import run_processes
-from django_dbq.worker import Worker
+from django_dbq.worker import Worker, run_processes
 
 __all__ = ["Command", "Worker"]
 

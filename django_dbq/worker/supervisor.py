@@ -11,7 +11,8 @@ from typing import Any
 
 from django.db import connections
 
-logger = logging.getLogger(__name__)
+# The name it had as django_dbq/supervisor.py, so that logging configurations still match.
+logger = logging.getLogger("django_dbq.supervisor")
 
 
 # A child that dies (killed, or exits non-zero) is started again after this

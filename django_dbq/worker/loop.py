@@ -1,0 +1,134 @@
+"""The worker's loop: `Worker.run` processes batches until told to stop.
+
+One iteration records the outcomes of the last batch and claims the next batch
+(one round trip), then runs each job's next task with its hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+
+from django_dbq.events.claims import expire_leases
+from django_dbq.projections.models import Job
+from django_dbq.runner import run_task
+from django_dbq.worker.heartbeat import Heartbeat
+from django_dbq.worker.wait import Waiting
+
+logger = logging.getLogger("django_dbq.worker")
+
+
+class Worker(Heartbeat, Waiting):
+    """A worker for one queue; `run()` processes jobs until told to stop."""
+
+    def __init__(
+        self,
+        name: str = "default",
+        rate_limit_in_seconds: float = 0,
+        *,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        using: str = DEFAULT_DB_ALIAS,
+        handle_signals: bool = True,
+    ) -> None:
+        super().__init__(name, rate_limit_in_seconds, burst=burst, max_jobs=max_jobs, using=using)
+        # A program that embeds the worker may keep its own signal handlers.
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            self.init_signals()
+
+    def run(self) -> None:
+        """Process jobs until stopped (or, with burst, until none is ready)."""
+        heartbeat = threading.Thread(target=self._heartbeat, name="dbq-heartbeat", daemon=True)
+        heartbeat.start()
+        backoff = 0.0
+        try:
+            while self.alive:
+                try:
+                    self.process_batch()
+                    backoff = 0.0
+                except DatabaseError as exc:
+                    backoff = min(max(backoff * 2, 0.25), 10.0)
+                    logger.warning(
+                        "event=database_error worker=%s error=%r retry_in=%.2fs",
+                        self.worker_id,
+                        str(exc),
+                        backoff,
+                    )
+                    connections[self.using].close()
+                    self._stop_requested.wait(backoff)
+        finally:
+            self._finish()
+            self._stopped.set()
+            self._wake.set()
+            heartbeat.join(timeout=10)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def process_batch(self) -> None:
+        """Record the last batch's outcomes and claim the next batch, then run it."""
+        self._release_unstarted(overdue_only=False)  # left over when a release failed
+        jobs = self._claim()
+        if not jobs:
+            if not self.burst:
+                self._wait_for_work()
+            elif not expire_leases(self.worker_id, using=self.using):
+                # Nothing ready and no job left behind by a dead worker: done.
+                self.alive = False
+            return
+        with self._lock:
+            self._unstarted, self._batch_started, self._batch_ran = jobs, time.monotonic(), 0
+        while self.alive and (job := self._next_unstarted()) is not None:
+            self._run_one(job)
+        self._release_unstarted(overdue_only=False)
+        self._adapt_batch_size(time.monotonic() - self._batch_started)
+
+    def _run_one(self, job: Job) -> None:
+        self.current_job = job
+        logger.info(
+            "event=started job=%s name=%r queue=%r task=%s attempt=%s worker=%s",
+            job.pk,
+            job.name,
+            job.queue_name,
+            job.next_task,
+            job.attempts + 1,
+            self.worker_id,
+        )
+        outcome = run_task(job, self.worker_id)
+        self.current_job = None
+        with self._lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+                self._wake.set()  # the heartbeat watches how long it waits
+            self._pending.append(outcome)
+        self.jobs_run += 1
+        if outcome.fatal is not None:
+            self._fatal, self.alive = outcome.fatal, False
+        if self.max_jobs is not None and self.jobs_run >= self.max_jobs:
+            self.alive = False
+        if self.rate_limit_in_seconds and self.alive:
+            self._flush()
+            self._stop_requested.wait(self.rate_limit_in_seconds)
+
+    def _finish(self) -> None:
+        """On the way out: give back unstarted jobs and record what finished."""
+        for attempt in range(3):
+            try:
+                # No outcome is in flight meanwhile: what is still held was not run.
+                with self._sending:
+                    self._flush()
+                    with self._lock:
+                        unstarted = list(self._held.values())
+                    if unstarted:
+                        self._release(unstarted)
+                return
+            except DatabaseError as exc:
+                logger.warning(
+                    "event=database_error worker=%s error=%r while=finishing",
+                    self.worker_id,
+                    str(exc),
+                )
+                connections[self.using].close()
+                time.sleep(0.5 * (attempt + 1))

@@ -1,0 +1,45 @@
+"""Stopping on a signal: finish the running task and record `stopping` for its job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+from django_dbq import jsonutil
+from django_dbq.events.claims import append_held
+from django_dbq.projections.models import Job
+from django_dbq.worker.state import WorkerState
+
+logger = logging.getLogger("django_dbq.worker")
+
+
+class SignalHandling(WorkerState):
+    """The signal handlers, and the `stopping` event the heartbeat records after one."""
+
+    def init_signals(self) -> None:
+        """Stop gracefully on SIGINT, SIGTERM and SIGQUIT."""
+        for name in ("SIGINT", "SIGTERM", "SIGQUIT"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self.shutdown)
+
+    def shutdown(self, signum: int, frame: Any) -> None:
+        """First signal: finish the current task, then exit. Second: exit at once."""
+        if self._signalled:
+            # The held jobs return to their queue when their lease runs out.
+            os._exit(1)
+        self._signalled = True
+        self.alive = False
+        self._stop_requested.set()
+        self._wake.set()
+
+    def _record_stopping(self) -> None:
+        job = self.current_job
+        if self.alive or job is None or job.pk in self._stopping_sent:
+            return
+        self._stopping_sent.add(job.pk)
+        payload = jsonutil.dumps({"worker": self.worker_id})
+        append_held(self._key, [(job.pk, "stopping", payload)], using=self.using)
+        job.state = Job.STATES.STOPPING
+        logger.info("event=stopping job=%s worker=%s", job.pk, self.worker_id)
