@@ -31,11 +31,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 POOL = {"DBQ_TEST_POOL": "1"}
 
 
-def run_scenario(name, **env):
+def run_scenario(name, url=None, **env):
+    """Run a scenario of tests/pooled.py in a child process against this test's database (or url)."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.pooled", name],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url_of_this_test(), **POOL, **env},
+        env={**os.environ, "DATABASE_URL": url or database_url_of_this_test(), **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -109,17 +110,19 @@ def test_pool__workers_recover_from_cut_connections_and_run_each_task_once(runs_
 
 
 def test_pool__enqueue_save_operations_time_travel_and_maintenance_work():
-    run_scenario("application")
+    run_scenario("application", **POOL)
 
     assert verify_projection().ok
 
 
 def test_pool__a_connection_closed_mid_transaction_comes_back_rolled_back():
-    run_scenario("rolled_back")
+    run_scenario("rolled_back", **POOL)
 
 
 def test_pool__no_pooled_session_keeps_the_workers_key(runs_file):
-    run_scenario("no_key_in_sessions", DBQ_TEST_PREPARE_THRESHOLD="1", DBQ_POLL_SECONDS="0.2")
+    run_scenario(
+        "no_key_in_sessions", **POOL, DBQ_TEST_PREPARE_THRESHOLD="1", DBQ_POLL_SECONDS="0.2"
+    )
 
 
 @pytest.mark.xfail(
@@ -128,4 +131,4 @@ def test_pool__no_pooled_session_keeps_the_workers_key(runs_file):
     " the connection-pools report: UNLISTEN before the worker closes its connection)",
 )
 def test_pool__a_worker_hands_its_connection_back_without_its_listen(runs_file):
-    run_scenario("no_listen_in_sessions", DBQ_POLL_SECONDS="0.2")
+    run_scenario("no_listen_in_sessions", **POOL, DBQ_POLL_SECONDS="0.2")
