@@ -56,6 +56,9 @@ if os.environ.get("DBQ_TEST_SERVER_SIDE_BINDING"):
     DATABASES["default"]["OPTIONS"] = {"server_side_binding": True}
 if os.environ.get("DBQ_TEST_PREPARE_THRESHOLD"):
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 1
+if os.environ.get("DBQ_TEST_POOL"):
+    # Django's connection pool (psycopg_pool), small so that connections are reused.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": 4}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 JOBS = {

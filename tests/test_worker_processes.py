@@ -116,7 +116,9 @@ def test_concurrency_option__runs_several_processes(runs_file):
     assert len(pids) == 2
 
 
-@pytest.mark.parametrize("option", ["DBQ_TEST_SERVER_SIDE_BINDING", "DBQ_TEST_PREPARE_THRESHOLD"])
+@pytest.mark.parametrize(
+    "option", ["DBQ_TEST_SERVER_SIDE_BINDING", "DBQ_TEST_PREPARE_THRESHOLD", "DBQ_TEST_POOL"]
+)
 def test_connection_options__the_worker_drains_with_each(runs_file, option):
     jobs = Job.objects.bulk_create([Job(name="counted") for _ in range(30)])
     saving = Job.objects.create(name="saves")
