@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
 
 from django_dbq.events.claims import expire_leases
 from django_dbq.projections.models import Job
@@ -57,10 +57,11 @@ class Worker(Heartbeat, Waiting):
                         str(exc),
                         backoff,
                     )
-                    connections[self.using].close()
+                    self._close_connection()
                     self._stop_requested.wait(backoff)
         finally:
             self._finish()
+            self._stop_listening()
             self._stopped.set()
             self._wake.set()
             heartbeat.join(timeout=10)
@@ -71,6 +72,7 @@ class Worker(Heartbeat, Waiting):
         """Record the last batch's outcomes and claim the next batch, then run it."""
         self._release_unstarted(overdue_only=False)  # left over when a release failed
         jobs = self._claim()
+        self._run_after_hooks()  # of outcomes a failed flush left to the claim
         if not jobs:
             if not self.burst:
                 self._wait_for_work()
@@ -104,6 +106,11 @@ class Worker(Heartbeat, Waiting):
                 self._wake.set()  # the heartbeat watches how long it waits
             self._pending.append(outcome)
         self.jobs_run += 1
+        if outcome.after is not None:
+            # A failure's hooks wait for its event: recorded now, not with the next claim.
+            self._awaiting_record.append(outcome)
+            self._flush()
+            self._run_after_hooks()
         if outcome.fatal is not None:
             self._fatal, self.alive = outcome.fatal, False
         if self.max_jobs is not None and self.jobs_run >= self.max_jobs:
@@ -123,6 +130,7 @@ class Worker(Heartbeat, Waiting):
                         unstarted = list(self._held.values())
                     if unstarted:
                         self._release(unstarted)
+                self._run_after_hooks()
                 return
             except DatabaseError as exc:
                 logger.warning(
@@ -130,5 +138,5 @@ class Worker(Heartbeat, Waiting):
                     self.worker_id,
                     str(exc),
                 )
-                connections[self.using].close()
+                self._close_connection()
                 time.sleep(0.5 * (attempt + 1))

@@ -29,7 +29,13 @@ def run_processes(count: int, target: Callable[[], None]) -> int:
     Returns the worst exit status of the processes' final exits (0 when each
     finished its work or stopped on a signal).
     """
-    connections.close_all()  # a connection must not be shared across fork
+    # A connection must not be shared across fork, nor a pool's (Django's
+    # OPTIONS={"pool": True}), whose connections close_all() only gives back.
+    connections.close_all()
+    for connection in connections.all(initialized_only=True):
+        # Only a pool that is open: the wrapper's `pool` property would open one.
+        if connection.alias in getattr(type(connection), "_connection_pools", {}):
+            connection.close_pool()
     children = {_spawn(target): time.monotonic() for _ in range(count)}
     stopping = False
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import orjson
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from django_dbq import conf
 from django_dbq.events.claims import seconds_until_due
@@ -60,3 +60,21 @@ class Waiting(WorkerState):
                 cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
             self._listening = wrapper.connection
         return wrapper.connection
+
+    def _stop_listening(self) -> None:
+        """UNLISTEN on a pooled connection, which the pool would hand to its next user still listening."""
+        wrapper = connections[self.using]
+        listening, self._listening = self._listening, None
+        if listening is None or listening is not wrapper.connection or wrapper.pool is None:
+            return
+        try:
+            with wrapper.cursor() as cursor:
+                cursor.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
+        except DatabaseError:
+            # Perhaps still listening: closed for good, so that the pool replaces it.
+            listening.close()
+
+    def _close_connection(self) -> None:
+        """Close the loop's connection (under Django's pool: give it back, without its LISTEN)."""
+        self._stop_listening()
+        connections[self.using].close()
