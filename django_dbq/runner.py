@@ -2,7 +2,11 @@
 
 The order and failure rules are django-db-queue's:
 - the pre-task hook runs first; if it raises, the task does not run and the job fails;
-- when the task (or pre-task hook) raises, the failure hook runs with (job, exception);
+- when the task (or pre-task hook) raises, and the job has no retry left, the
+  failure hook runs with (job, exception) once the `failed` event is recorded
+  (as django-db-queue saves the FAILED state before it runs the hook): a failure
+  that is not recorded (the worker lost its lease, or died) runs no failure
+  hook, since the job runs again;
 - the post-task hook always runs last, also after a failure; if it raises, that is
   logged and the job's outcome stands.
 """
@@ -41,6 +45,10 @@ class Outcome:
     kind: str
     payload: str
     fatal: BaseException | None = None
+    # Hooks that wait for the outcome to be recorded (a failure's): called with
+    # whether it was, by the worker's loop once the outcome is settled.
+    after: Callable[[bool], None] | None = None
+    recorded: bool | None = None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -94,6 +102,7 @@ def run_task(job: Job, worker: str) -> Outcome:
     error: BaseException | None = None
     plan: _Plan | None = None
     retry_at: datetime | None = None
+    after: Callable[[bool], None] | None = None
     try:
         # Looked up before the task runs: a job removed from JOBS, or a task no
         # longer in its list, fails here without running anything.
@@ -115,13 +124,29 @@ def run_task(job: Job, worker: str) -> Outcome:
             job.state = job.STATES.READY
         else:
             job.state = job.STATES.FAILED
-            if plan and plan.failure_hook:
-                _run_hook(plan.failure_hook, "failure hook", job, exc)
+            after = _after_failure(plan, job, exc)
     finally:
-        if plan and plan.post_task_hook:
+        if after is None and plan and plan.post_task_hook:
             _run_hook(plan.post_task_hook, "post-task hook", job)
     duration = time.perf_counter() - started
-    return _outcome(job, task, worker, duration, error, retry_at)
+    outcome = _outcome(job, task, worker, duration, error, retry_at)
+    if after is not None and outcome.kind == "failed":
+        outcome.after = after
+    elif after is not None:
+        after(False)
+    return outcome
+
+
+def _after_failure(plan: _Plan | None, job: Job, error: BaseException) -> Callable[[bool], None]:
+    """The failure and post-task hooks, to run once the job's `failed` event is or is not recorded."""
+
+    def after(recorded: bool) -> None:
+        if recorded and plan and plan.failure_hook:
+            _run_hook(plan.failure_hook, "failure hook", job, error)
+        if plan and plan.post_task_hook:
+            _run_hook(plan.post_task_hook, "post-task hook", job)
+
+    return after
 
 
 def _retry_at(plan: _Plan | None, job: Job, error: BaseException) -> datetime | None:

@@ -9,7 +9,8 @@ injects its fault, waits until every job is finished, and then checks:
 - lost: jobs that never reached COMPLETE or FAILED;
 - run twice: task runs that overlapped another run of the same task of the same
   job, or that were repeated without the ledger saying the earlier run was
-  abandoned (a lease_expired event for each repeat);
+  abandoned (a lease_expired event, or a retried one with a WorkerLost error,
+  for each repeat);
 - ledger verified: replay_events --verify finds no drift.
 
 It prints a table and exits 1 when a scenario loses a job, runs one twice or
@@ -196,6 +197,9 @@ def evidence(log: Path, processes: int) -> str:
     for kind in ("lease_expired", "stopping", "released", "lease_renewed"):
         if kinds.get(kind):
             parts.append(f"{kinds[kind]} {kind}")
+    lost = JobEvent.objects.filter(payload__error__type="django_dbq.exceptions.WorkerLost")
+    if lost.exists():
+        parts.append(f"{lost.count()} WorkerLost attempts")
     if reconnects:
         parts.append(f"{reconnects} database errors survived")
     return ", ".join(parts)
@@ -221,10 +225,12 @@ def repeated_runs(runs: Path) -> int:
     for line in runs.read_text().splitlines():
         job_id, task, _pid, start, end = line.split()
         by_task[(job_id, task)].append((float(start), float(end)))
-    expired = Counter(
-        str(job_id)
-        for job_id in JobEvent.objects.filter(kind="lease_expired").values_list("job_id", flat=True)
+    # A repeat is explained by the event that gave the job back when its worker
+    # was lost: lease_expired, or retried with a WorkerLost error.
+    abandoned = JobEvent.objects.filter(kind="lease_expired") | JobEvent.objects.filter(
+        kind="retried", payload__error__type="django_dbq.exceptions.WorkerLost"
     )
+    expired = Counter(str(job_id) for job_id in abandoned.values_list("job_id", flat=True))
     bad = 0
     for (job_id, _task), spans in by_task.items():
         spans.sort()

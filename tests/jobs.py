@@ -64,6 +64,22 @@ def failing_failure_hook(job, exc):
     raise RuntimeError("failure hook failed")
 
 
+def failing_after_losing_its_job(job):
+    """Fails after an operator released the job (as after a lost lease): its failure is not recorded."""
+    from django_dbq.models import Job
+
+    CALLS.append(("task", job.workspace.get("tag")))
+    Job.objects.filter(pk=job.pk).release("taken back by an operator")
+    raise ValueError("too late to count")
+
+
+def failure_hook_that_reads_the_job(job, exc):
+    """Notes the state the ledger holds when the failure hook runs."""
+    from django_dbq.models import Job
+
+    CALLS.append(("failure", Job.objects.get(pk=job.pk).state))
+
+
 def exiting_task(job):
     sys.exit(3)
 

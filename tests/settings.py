@@ -95,6 +95,15 @@ JOBS = {
         "failure_hook": "tests.jobs.failing_failure_hook",
         "post_task_hook": "tests.jobs.post_task_hook",
     },
+    "loses_its_job": {
+        "tasks": ["tests.jobs.failing_after_losing_its_job"],
+        "failure_hook": "tests.jobs.failure_hook",
+        "post_task_hook": "tests.jobs.post_task_hook",
+    },
+    "fails_seen_by_its_hook": {
+        "tasks": ["tests.jobs.recorded_task"],
+        "failure_hook": "tests.jobs.failure_hook_that_reads_the_job",
+    },
     "exits": ["tests.jobs.exiting_task"],
     "unstorable": ["tests.jobs.unstorable_workspace_task"],
     "counted": ["tests.jobs.record_run", "tests.jobs.record_run_again"],

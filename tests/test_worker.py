@@ -98,6 +98,27 @@ def test_hooks__failure_hook_gets_the_exception_then_post_hook_runs():
     assert failed.payload["workspace"] == {"tag": "b", "fail": True}
 
 
+def test_hooks__the_failure_hook_runs_once_the_failure_is_recorded():
+    Job.objects.create(name="fails_seen_by_its_hook", workspace={"tag": "r", "fail": True})
+
+    drain()
+
+    # As django-db-queue saves FAILED before it calls the hook.
+    assert test_jobs.CALLS == [("task", "r"), ("failure", Job.STATES.FAILED)]
+
+
+def test_hooks__no_failure_hook_for_a_failure_that_is_not_recorded(caplog):
+    job = Job.objects.create(name="loses_its_job", workspace={"tag": "l"})
+
+    drain(max_jobs=1)
+
+    # The job went back to its queue before its failure could be recorded: it
+    # runs again, so this was not its failure; the post-task hook still runs.
+    assert test_jobs.CALLS == [("task", "l"), ("post", "l")]
+    assert kinds(job) == ["created", "claimed", "lease_revoked"]
+    assert "event=lease_lost" in caplog.text
+
+
 def test_hooks__failing_pre_task_hook_skips_the_task_and_fails_the_job():
     job = Job.objects.create(name="failing_pre", workspace={"tag": "c"})
 
@@ -261,7 +282,7 @@ def test_lease__expired_claim_returns_the_job_and_another_worker_finishes_it():
     claim_jobs("default", 1, "dead-worker", KEY, "h", 1, 1)
     time.sleep(1.05)
 
-    assert expire_leases("reaper", rules=AT_ONCE) == [job.id]
+    assert expire_leases("reaper", rules=AT_ONCE) == [(job.id, "retried")]
     drain()
 
     # The job its worker was lost in counts an attempt (tests/test_worker_lost.py).

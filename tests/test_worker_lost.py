@@ -33,7 +33,7 @@ def test_lost_worker__the_job_it_ran_is_retried_with_worker_lost_after_its_backo
     lose()
 
     before = timezone.now()
-    assert expire_leases("reaper") == [job.id]
+    assert expire_leases("reaper") == [(job.id, "retried")]
 
     job.refresh_from_db()
     assert kinds(job) == ["created", "claimed", "retried"]
@@ -80,7 +80,8 @@ def test_lost_worker__only_the_job_it_was_running_counts_an_attempt_not_the_rest
     assert append_held(KEY, [(order[0], "completed", "{}")]) == {order[0]}
     time.sleep(1.05)
 
-    assert sorted(expire_leases("reaper", rules=AT_ONCE)) == sorted(order[1:])
+    expired = dict(expire_leases("reaper", rules=AT_ONCE))
+    assert expired == {order[1]: "retried", order[2]: "lease_expired", order[3]: "lease_expired"}
 
     by_id = {job.pk: job for job in Job.objects.filter(pk__in=[j.pk for j in jobs])}
     positions = [by_id[i].events.get(kind="claimed").payload["position"] for i in order]
@@ -126,7 +127,7 @@ def test_lost_worker__a_job_imported_as_processing_goes_back_without_an_attempt(
         )
         (job_id,) = cursor.fetchone()
 
-    assert expire_leases("reaper", rules=AT_ONCE) == [job_id]
+    assert expire_leases("reaper", rules=AT_ONCE) == [(job_id, "lease_expired")]
 
     job = Job.objects.get(pk=job_id)
     assert kinds(job)[-1] == "lease_expired" and job.attempts == 0

@@ -8,11 +8,10 @@ database accepts a worker's events only for jobs claimed with the same key
 
 from __future__ import annotations
 
-import logging
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import DEFAULT_DB_ALIAS
 
@@ -21,8 +20,6 @@ from django_dbq.clock import from_epoch
 from django_dbq.events.append import Appended, encode_events, execute_secret
 from django_dbq.retries import lost_worker_rules
 from django_dbq.sqlfiles import bind, load_queries
-
-logger = logging.getLogger(__name__)
 
 # The columns jobs_claim returns, in order: Job's concrete fields (created,
 # modified and lease_until as epoch seconds), then the state the job had before
@@ -149,13 +146,21 @@ def renew_leases(
     return {row[0] for row in _execute("jobs_renew_leases", params, using)}
 
 
+class Expiry(NamedTuple):
+    """A job whose lease ran out, and the event that returned it: lease_expired,
+    or retried/failed when it counted an attempt of its lost worker."""
+
+    job_id: uuid.UUID
+    kind: str
+
+
 def expire_leases(
     worker: str,
     limit: int = 500,
     using: str = DEFAULT_DB_ALIAS,
     rules: dict[str, dict[str, Any]] | None = None,
-) -> list[uuid.UUID]:
-    """Put running jobs whose lease ran out back in their queue; return their ids.
+) -> list[Expiry]:
+    """Put running jobs whose lease ran out back in their queue.
 
     The job a lost worker was running counts an attempt under `rules` (by default
     lost_worker_rules(): each job's retries and backoff from settings.JOBS):
@@ -166,13 +171,7 @@ def expire_leases(
         "limit": limit,
         "rules": jsonutil.dumps(lost_worker_rules() if rules is None else rules),
     }
-    rows = _execute("jobs_expire_leases", params, using)
-    for job_id, kind in rows:
-        if kind != "lease_expired":
-            logger.warning(
-                "event=worker_lost job=%s outcome=%s noticed_by=%s", job_id, kind, worker
-            )
-    return [job_id for job_id, _ in rows]
+    return [Expiry(*row) for row in _execute("jobs_expire_leases", params, using)]
 
 
 def seconds_until_due(queue_name: str, using: str = DEFAULT_DB_ALIAS) -> float | None:

@@ -52,9 +52,15 @@ class Heartbeat(Batches, SignalHandling):
                         last_renewal = now
                     if now - last_expiry >= expire_every:
                         last_expiry = now
-                        for job_id in expire_leases(self.worker_id, using=self.using):
+                        for job_id, kind in expire_leases(self.worker_id, using=self.using):
+                            # retried or failed: the job its lost worker ran (WorkerLost).
+                            event = "lease_expired" if kind == "lease_expired" else "worker_lost"
                             logger.warning(
-                                "event=lease_expired job=%s noticed_by=%s", job_id, self.worker_id
+                                "event=%s job=%s outcome=%s noticed_by=%s",
+                                event,
+                                job_id,
+                                kind,
+                                self.worker_id,
                             )
                 except DatabaseError as exc:
                     logger.warning(

@@ -67,7 +67,10 @@ class Outcomes(WorkerState):
                 self._held.pop(outcome.job.pk, None)
         for outcome in outcomes:
             job = outcome.job
-            if job.pk in recorded:
+            outcome.recorded = job.pk in recorded
+            if outcome.recorded:
+                # No longer held: a save from a hook now is an application's save.
+                job.__dict__.pop("_dbq_key", None)
                 logger.info(
                     "event=%s job=%s name=%r state=%s next_task=%s worker=%s",
                     outcome.kind,
@@ -86,3 +89,11 @@ class Outcomes(WorkerState):
                     outcome.kind,
                     self.worker_id,
                 )
+
+    def _run_after_hooks(self) -> None:
+        """In the loop: the hooks that waited for their outcome to be settled (a failure's)."""
+        settled = [o for o in self._awaiting_record if o.recorded is not None]
+        if settled:
+            self._awaiting_record = [o for o in self._awaiting_record if o.recorded is None]
+            for outcome in settled:
+                outcome.after(outcome.recorded)

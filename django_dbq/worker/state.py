@@ -47,6 +47,8 @@ class WorkerState:
         self.lease_seconds = conf.lease_seconds()
         self._held: dict[uuid.UUID, Job] = {}
         self._pending: list[Outcome] = []
+        # Recorded or not yet, outcomes whose hooks wait for that (a failure's).
+        self._awaiting_record: list[Outcome] = []
         self._pending_since = 0.0
         self._lock = threading.Lock()
         # Held while outcomes are sent and settled, so that the loop and the
