@@ -48,10 +48,12 @@ class Result:
     verified: bool
     seconds: float
     note: str = ""
+    # What the scenario's own check found wrong (empty: nothing).
+    problem: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.run_twice == 0 and self.verified
+        return self.lost == 0 and self.run_twice == 0 and self.verified and not self.problem
 
 
 class Pool:
@@ -146,6 +148,8 @@ def run_scenario(
     workers: int = 4,
     server_url: str | None = None,
     timeout: float = 120,
+    check: Callable[[Path], str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Result:
     from django.conf import settings
 
@@ -161,6 +165,7 @@ def run_scenario(
         "FAULTS_RUNS": str(runs),
         "DBQ_LEASE_SECONDS": str(LEASE),
         "FAULTS_DATABASE_URL": server_url,
+        **(env or {}),
     }
     pool = Pool(workers, env, log)
     started = time.monotonic()
@@ -175,6 +180,9 @@ def run_scenario(
     pool.stop()
     result = Result(name, jobs, unfinished_with_retry(), repeated_runs(runs), verified(), seconds)
     result.note = evidence(log, len(pool.processes))
+    if check is not None:
+        result.problem = check(runs)
+        result.note += f"; {result.problem or 'check passed'}"
     runs.unlink()
     log.unlink()
     return result
@@ -303,6 +311,177 @@ def enqueue_nasty(count: int) -> Callable[[random.Random], None]:
     return enqueue
 
 
+def runs_by_job(runs: Path) -> Counter[str]:
+    return Counter(line.split()[0] for line in runs.read_text().splitlines())
+
+
+def rolling_deploy(pool: Pool) -> None:
+    """Replace each worker of the old release by one of the new, SIGTERM mid-task."""
+    time.sleep(1)
+    pool.env = {**pool.env, "FAULTS_RELEASE": "new"}
+    for old in list(pool.alive()):
+        pool.start()
+        old.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+
+
+def deploy_check(runs: Path) -> str:
+    from django_dbq.models import Job
+
+    failed = Job.objects.filter(state="FAILED").count()
+    saved = Job.objects.filter(name="saver", state="COMPLETE", workspace__progress=4).count()
+    expected = Job.objects.filter(name="saver").count()
+    problems = []
+    if failed:
+        problems.append(f"{failed} jobs FAILED during the deploy")
+    if saved != expected:
+        problems.append(f"{expected - saved} saver jobs did not keep their progress")
+    return "; ".join(problems)
+
+
+def enqueue_deploy(count: int) -> Callable[[random.Random], None]:
+    def enqueue(rng: random.Random) -> None:
+        from django_dbq.models import Job
+
+        Job.objects.bulk_create([Job(name="saver") for _ in range(count // 10)])
+        enqueue_steps(count - count // 10, rng, sleep=0.005)
+
+    return enqueue
+
+
+CRASHING = 5
+
+
+def enqueue_crashing(count: int) -> Callable[[random.Random], None]:
+    def enqueue(rng: random.Random) -> None:
+        from django_dbq.models import Job
+
+        Job.objects.bulk_create(
+            [Job(name="nasty", workspace={"kind": "kill"}) for _ in range(CRASHING)]
+        )
+        enqueue_steps(count - CRASHING, rng)
+
+    return enqueue
+
+
+def crash_loop_check(runs: Path) -> str:
+    from django_dbq.models import Job
+
+    crashing = Job.objects.filter(name="nasty")
+    counts = runs_by_job(runs)
+    worker_lost = crashing.filter(
+        state="FAILED", events__kind="failed",
+        events__payload__error__type="django_dbq.exceptions.WorkerLost",
+    ).distinct().count()  # fmt: skip
+    most = max((counts[str(job.pk)] for job in crashing), default=0)
+    problems = []
+    if worker_lost != CRASHING:
+        problems.append(f"{CRASHING - worker_lost} crashing jobs not FAILED with WorkerLost")
+    # No retries: 1 + max(0, 1) runs, and one more when its first loss was
+    # charged to the job before it in the batch (README, Retries).
+    if most > 3:
+        problems.append(f"a crashing job ran {most} times")
+    if Job.objects.filter(name="steps").exclude(state="COMPLETE").exists():
+        problems.append("ordinary jobs did not complete")
+    return "; ".join(problems) or f"crashing jobs FAILED (WorkerLost) after at most {most} runs"
+
+
+SLOW = 8
+
+
+def enqueue_slow_neighbours(count: int) -> Callable[[random.Random], None]:
+    def enqueue(rng: random.Random) -> None:
+        from django_dbq.models import Job
+
+        Job.objects.bulk_create(
+            [Job(name="nasty", workspace={"kind": "hang", "seconds": 6}) for _ in range(SLOW)]
+        )
+        enqueue_steps(count - SLOW, rng, sleep=0)
+
+    return enqueue
+
+
+def kill_workers_in_slow_jobs(pool: Pool) -> None:
+    """kill -9 each worker while it runs a slow job, after its batch's fast jobs finished."""
+    from django_dbq.models import Job
+
+    time.sleep(2)
+    holders = Job.objects.filter(name="nasty", state="PROCESSING").values_list(
+        "claimed_by", flat=True
+    )
+    pids = {int(holder.split(":")[1]) for holder in holders if holder}
+    for process in pool.alive():
+        if process.pid in pids:
+            process.kill()
+
+
+def slow_neighbour_check(runs: Path) -> str:
+    from django_dbq.models import Job
+
+    counts = runs_by_job(runs)
+    fast = set(map(str, Job.objects.filter(name="steps").values_list("id", flat=True)))
+    # Each step of a fast job is one line; three steps each.
+    repeated = sum(1 for job_id in fast if counts[job_id] > 3)
+    return (
+        f"{repeated} fast jobs ran again after their worker died in a slow one" if repeated else ""
+    )
+
+
+def audit_reads(pool: Pool) -> None:
+    """As the workers drain: replay --verify and whole-table as_of in a loop, behind an
+    open transaction that has enqueued a job; probe jobs measure enqueue to start."""
+    import threading
+
+    import psycopg
+    from django.conf import settings
+    from django.db import connections
+    from django.utils import timezone
+
+    from django_dbq.models import Job
+    from django_dbq.projections.replay import verify_projection
+
+    stop = threading.Event()
+
+    def auditor() -> None:
+        try:
+            while not stop.is_set():
+                verify_projection()
+                Job.objects.all().as_of(timezone.now())
+        finally:
+            connections.close_all()
+
+    with psycopg.connect(settings.FAULTS_URL) as open_transaction:
+        # An ordinary request that enqueued a job and has not committed yet.
+        open_transaction.execute(
+            'SELECT dbq_create_job_v1(gen_random_uuid(), \'{"name": "probe"}\'::jsonb)'
+        )
+        thread = threading.Thread(target=auditor, daemon=True)
+        thread.start()
+        for _ in range(20):
+            Job.objects.create(name="probe")
+            time.sleep(0.2)
+        open_transaction.rollback()
+    stop.set()
+    thread.join(30)
+
+
+def audit_check(runs: Path) -> str:
+    from django.db.models import F
+
+    from django_dbq.models import JobEvent
+
+    waits = [
+        (claimed - created).total_seconds()
+        for created, claimed in JobEvent.objects.filter(job__name="probe", kind="claimed")
+        .annotate(created=F("job__created"))
+        .values_list("created", "at")
+    ]
+    worst = max(waits, default=float("inf"))
+    if len(waits) < 20 or worst > 1.5:
+        return f"probe jobs waited up to {worst:.1f} s to start ({len(waits)} of 20 ran)"
+    return f"probe jobs started within {worst:.2f} s"
+
+
 def restart_postgres(server: object) -> Callable[[Pool], None]:
     def fault(pool: Pool) -> None:
         time.sleep(1.5)
@@ -356,6 +535,36 @@ SCENARIOS: dict[str, Callable[[int], Result]] = {
     "5": lambda n: run_scenario("5. pg_terminate_backend mid-run", n, terminate_backends),
     "6": lambda n: run_scenario(
         "6. raise, hang, sys.exit, 5 MB workspaces", n, no_fault, enqueue=enqueue_nasty(n)
+    ),
+    # Old workers do not know the saver job; SIGTERM finds them in tasks that save.
+    "7": lambda n: run_scenario(
+        "7. rolling deploy, a new job name, saves",
+        n,
+        rolling_deploy,
+        enqueue=enqueue_deploy(n),
+        env={"FAULTS_RELEASE": "old"},
+        check=deploy_check,
+    ),
+    "8": lambda n: run_scenario(
+        "8. tasks that kill their worker",
+        n,
+        no_fault,
+        enqueue=enqueue_crashing(n),
+        check=crash_loop_check,
+    ),
+    "9": lambda n: run_scenario(
+        "9. kill -9 in a slow job beside fast ones",
+        n,
+        kill_workers_in_slow_jobs,
+        enqueue=enqueue_slow_neighbours(n),
+        check=slow_neighbour_check,
+    ),
+    "10": lambda n: run_scenario(
+        "10. audit reads behind an open transaction",
+        n,
+        audit_reads,
+        enqueue=lambda rng: enqueue_steps(n, rng, sleep=0.002),
+        check=audit_check,
     ),
 }
 

@@ -3,6 +3,7 @@
 that the scenarios that cut the database cannot make the counting itself fail."""
 
 import os
+import signal
 import sys
 import time
 
@@ -38,6 +39,25 @@ def nasty(job):
     elif kind == "exit":
         _record(job, started)
         sys.exit(7)
+    elif kind == "kill":
+        # As a segfault or the OOM killer: the process is gone, nothing is recorded.
+        _record(job, started)
+        os.kill(os.getpid(), signal.SIGKILL)
     elif kind == "huge":
         job.workspace["blob"] = "x" * (5 * 1024 * 1024)
     _record(job, started)
+
+
+def saver(job):
+    """Saves its progress as it goes (job.save()), as django-db-queue users' tasks do."""
+    started = time.time()
+    for step in range(5):
+        job.workspace["progress"] = step
+        job.save()
+        time.sleep(0.05)
+    _record(job, started)
+
+
+def probe(job):
+    """A no-op whose enqueue-to-start time the audit-read scenario measures."""
+    _record(job, time.time())

@@ -80,6 +80,13 @@ def failure_hook_that_reads_the_job(job, exc):
     CALLS.append(("failure", Job.objects.get(pk=job.pk).state))
 
 
+def notes_neighbour_state(job):
+    """Notes the state the ledger holds for the job named in the workspace, as the task starts."""
+    from django_dbq.models import Job
+
+    CALLS.append(("neighbour", Job.objects.get(pk=job.workspace["neighbour"]).state))
+
+
 def exiting_task(job):
     sys.exit(3)
 

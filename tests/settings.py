@@ -104,6 +104,7 @@ JOBS = {
         "tasks": ["tests.jobs.recorded_task"],
         "failure_hook": "tests.jobs.failure_hook_that_reads_the_job",
     },
+    "notes_neighbour": ["tests.jobs.notes_neighbour_state"],
     "exits": ["tests.jobs.exiting_task"],
     "unstorable": ["tests.jobs.unstorable_workspace_task"],
     "counted": ["tests.jobs.record_run", "tests.jobs.record_run_again"],

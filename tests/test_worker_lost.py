@@ -10,6 +10,8 @@ from django.utils import timezone
 from django_dbq.events.claims import append_held, claim_jobs, expire_leases, new_worker_key
 from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
+from django_dbq.worker import Worker
+from tests import jobs as test_jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -131,3 +133,29 @@ def test_lost_worker__a_job_imported_as_processing_goes_back_without_an_attempt(
 
     job = Job.objects.get(pk=job_id)
     assert kinds(job)[-1] == "lease_expired" and job.attempts == 0
+
+
+def test_lost_worker__a_job_that_came_back_runs_only_after_its_batch_before_it_is_recorded():
+    later = timezone.now() + timedelta(hours=1)
+    neighbour = Job.objects.create(name="testjob", priority=5, run_after=later)
+    back = Job.objects.create(name="notes_neighbour", workspace={"neighbour": str(neighbour.pk)})
+    # `back` was lost once with its worker, and is READY again; then the
+    # neighbour, ahead of it in claim order, comes due.
+    lose()
+    expire_leases("reaper", rules={"notes_neighbour": {"limit": 1, "delays": [0]}})
+    neighbour.run_after = None
+    neighbour.save()
+    test_jobs.CALLS.clear()
+
+    worker = Worker("default", burst=True, handle_signals=False)
+    worker._batch_size = 2
+    worker.run()
+
+    # Claimed together, the neighbour first: its outcome was recorded before
+    # `back` started, so a crash in `back` is charged to `back`.
+    assert kinds(back)[-3:] == ["retried", "claimed", "completed"]
+    assert test_jobs.CALLS == [("neighbour", Job.STATES.COMPLETE)]
+    first, second = (
+        j.events.filter(kind="claimed").last().payload["position"] for j in (neighbour, back)
+    )
+    assert (first, second) == (1, 2)

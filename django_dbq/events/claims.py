@@ -23,7 +23,8 @@ from django_dbq.sqlfiles import bind, load_queries
 
 # The columns jobs_claim returns, in order: Job's concrete fields (created,
 # modified and lease_until as epoch seconds), then the state the job had before
-# the claim (NEW or READY), which `released` restores.
+# the claim (NEW or READY), which `released` restores, and the kind of the job's
+# event before the claim (NULL for a new job).
 CLAIM_FIELDS = (
     "id",
     "created",
@@ -67,7 +68,7 @@ def claim_jobs(
     using: str = DEFAULT_DB_ALIAS,
     names: Sequence[str] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Claim up to `limit` ready jobs of a queue in one statement; return rows of CLAIM_FIELDS + prior state.
+    """Claim up to `limit` ready jobs of a queue in one statement; return rows of CLAIM_FIELDS + prior state + last kind.
 
     With `names`, only jobs of those names are claimed.
     """

@@ -106,6 +106,9 @@ class Batches(Outcomes):
         job._state.db = self.using
         remember_loaded(job, CLAIM_FIELDS, workspace_text=text)
         job._dbq_prior_state = row[len(CLAIM_FIELDS)]
+        # Back from a lost worker or a failed attempt: it may take this worker
+        # down too (see Worker._run_one).
+        job._dbq_came_back = row[len(CLAIM_FIELDS) + 1] in ("lease_expired", "retried")
         # The task's job.save() proves the claim with it (writes.record_changes).
         job.__dict__["_dbq_key"] = self._key
         return job

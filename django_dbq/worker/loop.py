@@ -88,6 +88,11 @@ class Worker(Heartbeat, Waiting):
         self._adapt_batch_size(time.monotonic() - self._batch_started)
 
     def _run_one(self, job: Job) -> None:
+        if job._dbq_came_back and self._pending:
+            # Should this job kill the worker, the database blames the first
+            # job of the batch still held: make that this one, not a finished
+            # job whose outcome waits for the next claim.
+            self._flush()
         self.current_job = job
         logger.info(
             "event=started job=%s name=%r queue=%r task=%s attempt=%s worker=%s",

@@ -108,7 +108,12 @@ $$;
 -- dbq_claim_jobs_v3: as dbq_claim_jobs_v2, and each `claimed` event records the
 -- job's place in the batch (`position`, 1 for the first; the worker runs a
 -- batch in that order), which tells a lost worker's running job from the jobs
--- of its batch that it had not started (dbq_expire_leases_v3).
+-- of its batch that it had not started (dbq_expire_leases_v3). Each row also
+-- says how the job came back to its queue (`last_kind`, the kind of its latest
+-- event; NULL for a new job): before it runs a job that came back with
+-- lease_expired or retried, the worker records the outcomes it has pending, so
+-- that should this job take the worker down, it is the first of the lapsed
+-- jobs, and the one that counts the attempt.
 CREATE OR REPLACE FUNCTION @schema@.dbq_claim_jobs_v3(
     p_queue_name text, max_jobs integer, p_worker text, p_key text, p_host text, p_pid integer,
     lease_seconds float8, p_names text[] DEFAULT NULL
@@ -117,7 +122,7 @@ RETURNS TABLE (
     id uuid, created float8, modified float8, name text, state text, next_task text,
     workspace jsonb, queue_name text, priority smallint, run_after timestamptz,
     version integer, claimed_by text, lease_until float8, attempts integer,
-    cancel_requested boolean, prior_state text
+    cancel_requested boolean, prior_state text, last_kind text
 )
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -140,7 +145,10 @@ BEGIN
     ), placed AS (
         -- Ties of priority and creation time (jobs of one bulk_create) are
         -- ordered by id, so that the batch's order is the claim's own.
-        SELECT r.*, row_number() OVER (ORDER BY r.priority DESC, r.created, r.id) AS position
+        SELECT r.*, row_number() OVER (ORDER BY r.priority DESC, r.created, r.id) AS position,
+               CASE WHEN r.version > 1 THEN (
+                   SELECT e.kind FROM @schema@.django_dbq_jobevent e
+                   WHERE e.job_id = r.id AND e.version = r.version) END AS last_kind
         FROM ready r
     ), claimed AS (
         INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
@@ -159,7 +167,7 @@ BEGIN
            p.name::text, 'PROCESSING'::text, p.next_task::text, p.workspace,
            p.queue_name::text, p.priority, p.run_after, p.version + 1, p_worker,
            extract(epoch FROM until)::float8,
-           p.attempts, false, p.state::text
+           p.attempts, false, p.state::text, p.last_kind::text
     FROM placed p
     JOIN claimed c ON c.job_id = p.id
     ORDER BY p.position;
@@ -265,7 +273,7 @@ RETURNS TABLE (
     recorded boolean, id uuid, created float8, modified float8, name text, state text,
     next_task text, workspace jsonb, queue_name text, priority smallint,
     run_after timestamptz, version integer, claimed_by text, lease_until float8,
-    attempts integer, cancel_requested boolean, prior_state text
+    attempts integer, cancel_requested boolean, prior_state text, last_kind text
 )
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -273,7 +281,7 @@ BEGIN
         RETURN QUERY
         SELECT true, r.r, NULL::float8, NULL::float8, NULL::text, NULL::text, NULL::text,
                NULL::jsonb, NULL::text, NULL::smallint, NULL::timestamptz, NULL::integer,
-               NULL::text, NULL::float8, NULL::integer, NULL::boolean, NULL::text
+               NULL::text, NULL::float8, NULL::integer, NULL::boolean, NULL::text, NULL::text
         FROM @schema@.dbq_record_outcomes_v1(p_key::text, events::jsonb) r;
     END IF;
     RETURN QUERY
