@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
@@ -98,6 +99,28 @@ def check_lease_seconds(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             f"{MAX_LEASE_SECONDS} seconds (a heartbeat renews them every third).",
             hint=f"Set DBQ_LEASE_SECONDS to a number from 1 to {MAX_LEASE_SECONDS}, e.g. 30.",
             id="django_dbq.E011",
+        )
+    ]
+
+
+@register()
+def check_shutdown_grace(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """DBQ_SHUTDOWN_GRACE is None or a number of seconds, not negative."""
+    from django_dbq import conf
+
+    try:
+        grace = conf.shutdown_grace()
+    except (TypeError, ValueError):
+        grace = float("nan")
+    if grace is None or grace >= 0:
+        return []
+    return [
+        Error(
+            f"DBQ_SHUTDOWN_GRACE is {getattr(settings, 'DBQ_SHUTDOWN_GRACE', None)!r}; it is how "
+            "many seconds a stopping worker waits for its running task.",
+            hint="Set DBQ_SHUTDOWN_GRACE to a number of seconds (0 or more), or None to wait "
+            "for the task to end.",
+            id="django_dbq.E012",
         )
     ]
 

@@ -23,3 +23,9 @@ def max_batch_size() -> int:
 def batch_seconds() -> float:
     """The time one batch of claimed jobs may take before the rest is given back (DBQ_BATCH_SECONDS, 0.5)."""
     return float(getattr(settings, "DBQ_BATCH_SECONDS", 0.5))
+
+
+def shutdown_grace() -> float | None:
+    """How long a stopping worker waits for its running task (DBQ_SHUTDOWN_GRACE, None: to its end)."""
+    grace = getattr(settings, "DBQ_SHUTDOWN_GRACE", None)
+    return None if grace is None else float(grace)

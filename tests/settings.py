@@ -146,3 +146,6 @@ LOGGING_CONFIG = None
 # Worker timing; subprocess tests shorten the lease through the environment.
 DBQ_LEASE_SECONDS = float(os.environ.get("DBQ_LEASE_SECONDS", 30))
 DBQ_POLL_SECONDS = float(os.environ.get("DBQ_POLL_SECONDS", 1))
+DBQ_SHUTDOWN_GRACE = (
+    float(os.environ["DBQ_SHUTDOWN_GRACE"]) if "DBQ_SHUTDOWN_GRACE" in os.environ else None
+)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from django_dbq.events.claims import expire_leases
 from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
 from django_dbq.testing import with_database
@@ -315,3 +316,21 @@ def test_crash_loop__a_task_that_always_kills_its_worker_fails_after_its_retries
     assert Job.objects.filter(pk__in=[j.pk for j in fine], state="COMPLETE").count() == 20
     assert "event=worker_lost" in err and "outcome=failed" in err
     assert verify_projection().ok
+
+
+def test_shutdown_grace__bounds_the_wait_for_a_running_task(runs_file):
+    job = Job.objects.create(name="counted_once", workspace={"sleep": 30})
+    worker = start_worker(DBQ_SHUTDOWN_GRACE="1", DBQ_LEASE_SECONDS="2")
+    wait_for(lambda: runs_of(job.id))
+
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    code, _, err = finish(worker)
+
+    assert code == 1 and time.monotonic() - started < 4, err[-2000:]
+    assert "event=shutdown_grace_expired" in err
+    assert kinds(job.id) == ["created", "claimed", "stopping"]
+    # Stopped, not lost to its task: back without an attempt once the lease runs out.
+    time.sleep(2.1)
+    assert expire_leases("reaper") == [(job.id, "lease_expired")]
+    assert Job.objects.get(pk=job.pk).attempts == 0

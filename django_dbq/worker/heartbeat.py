@@ -43,6 +43,7 @@ class Heartbeat(Batches, SignalHandling):
                 try:
                     self._flush_if_waiting_long()
                     self._record_stopping()
+                    self._exit_if_grace_is_over()
                     self._release_unstarted(overdue_only=True)
                     now = time.monotonic()
                     if now - last_renewal >= renew_every:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import Any
 
-from django_dbq import jsonutil
+from django_dbq import conf, jsonutil
 from django_dbq.events.claims import append_held
 from django_dbq.projections.models import Job
 from django_dbq.worker.state import WorkerState
@@ -30,6 +31,7 @@ class SignalHandling(WorkerState):
             # The held jobs return to their queue when their lease runs out.
             os._exit(1)
         self._signalled = True
+        self._signalled_at = time.monotonic()
         self.alive = False
         self._stop_requested.set()
         self._wake.set()
@@ -43,3 +45,23 @@ class SignalHandling(WorkerState):
         append_held(self._key, [(job.pk, "stopping", payload)], using=self.using)
         job.state = Job.STATES.STOPPING
         logger.info("event=stopping job=%s worker=%s", job.pk, self.worker_id)
+
+    def _exit_if_grace_is_over(self) -> None:
+        """From the heartbeat: past DBQ_SHUTDOWN_GRACE after the signal, exit as on a second one.
+
+        The outcomes of finished tasks are recorded and the unstarted jobs given
+        back first; the running job, in STOPPING, comes back when its lease runs
+        out (lease_expired, no attempt counted: its worker was stopped).
+        """
+        grace = conf.shutdown_grace()
+        job = self.current_job
+        if grace is None or not self._signalled or job is None:
+            return
+        if time.monotonic() - self._signalled_at < grace:
+            return
+        logger.warning(
+            "event=shutdown_grace_expired job=%s grace=%ss worker=%s", job.pk, grace, self.worker_id
+        )
+        self._flush()
+        self._release_unstarted(overdue_only=False)
+        os._exit(1)

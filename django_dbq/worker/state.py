@@ -64,6 +64,7 @@ class WorkerState:
         self._batch_started = 0.0
         self._batch_ran = 0
         self._signalled = False
+        self._signalled_at = 0.0
         self._stopping_sent: set[uuid.UUID] = set()
         self._batch_size = 1
         self._fatal: BaseException | None = None

@@ -143,9 +143,10 @@ BEGIN
         LIMIT max_jobs
         FOR UPDATE SKIP LOCKED
     ), placed AS (
-        -- Ties of priority and creation time (jobs of one bulk_create) are
-        -- ordered by id, so that the batch's order is the claim's own.
-        SELECT r.*, row_number() OVER (ORDER BY r.priority DESC, r.created, r.id) AS position,
+        -- In the order the claim index gave the rows (claim order; ties of
+        -- priority and creation time as the index holds them): the batch's
+        -- order, in the events and in the rows returned.
+        SELECT r.*, row_number() OVER () AS position,
                CASE WHEN r.version > 1 THEN (
                    SELECT e.kind FROM @schema@.django_dbq_jobevent e
                    WHERE e.job_id = r.id AND e.version = r.version) END AS last_kind
