@@ -20,6 +20,7 @@ run after a lost worker, and a task that always kills its worker stops being run
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import Any
 
@@ -48,40 +49,58 @@ def retry_delay(config: dict[str, Any], attempt: int, job: Any) -> float:
 
 
 _lost_rules: dict[str, dict[str, Any]] | None = None
+# Waits listed per job name; the database carries on past the list (5 * 2^n s).
+LISTED_DELAYS = 50
 
 
 def lost_worker_rules() -> dict[str, dict[str, Any]]:
     """Per job name of settings.JOBS: how often a lost worker's job is retried, and after what waits.
 
-    {name: {"limit": max(retries, 1), "delays": [seconds before retry 1, 2, ...]}},
-    read by the database when it expires the lease of a lost worker's job.
+    {name: {"limit": max(retries, 1), "delays": [seconds before retry 1, 2, ...],
+    "jitter": whether the database randomises them (exponential backoff)}}, read
+    by the database when it expires the lease of a lost worker's job. Never
+    raises: a backoff that cannot give a wait leaves it to the database's default.
     """
     global _lost_rules
     if _lost_rules is None:
         rules = {}
-        for name, config in getattr(settings, "JOBS", {}).items():
+        jobs = getattr(settings, "JOBS", {}) or {}
+        for name, config in jobs.items() if isinstance(jobs, dict) else []:
             config = config if isinstance(config, dict) else {}
-            limit = max(int(config.get("retries") or 0), 1)
-            rules[name] = {
-                "limit": limit,
-                "delays": [_lost_delay(name, config, n) for n in range(1, limit + 1)],
-            }
+            try:
+                limit = max(int(config.get("retries") or 0), 1)
+            except (TypeError, ValueError, OverflowError):
+                limit = 1
+            rules[name] = _lost_rule(name, config, limit)
         _lost_rules = rules
     return _lost_rules
 
 
-def _lost_delay(name: str, config: dict[str, Any], attempt: int) -> float:
+def _lost_rule(name: str, config: dict[str, Any], limit: int) -> dict[str, Any]:
+    backoff = config.get("retry_backoff", "exponential")
+    delays: list[float] = []
     try:
-        # No job to hand a backoff function: the rules hold for every job of the name.
-        return retry_delay(config, attempt, None)
+        for attempt in range(1, min(limit, LISTED_DELAYS) + 1):
+            if backoff == "exponential":
+                # Unjittered: the database jitters each wait.
+                base = float(config.get("retry_delay", DEFAULT_DELAY))
+                ceiling = float(config.get("retry_max_delay", DEFAULT_MAX_DELAY))
+                delay = min(base * 2 ** min(attempt - 1, 64), ceiling)
+            else:
+                # No job to hand a backoff function: the rule holds for every job of the name.
+                delay = retry_delay(config, attempt, None)
+            delay = float(delay)
+            if not math.isfinite(delay):
+                raise ValueError(f"not a finite number of seconds: {delay!r}")
+            delays.append(min(max(delay, 0.0), 86400.0))
     except Exception:
         logger.warning(
-            "The retry backoff of job %r did not give a delay for a lost worker; "
-            "exponential from %s s is used",
+            "The retry backoff of job %r did not give a wait for a lost worker's job; "
+            "the database's default (5 * 2^n s) is used",
             name,
-            DEFAULT_DELAY,
+            exc_info=True,
         )
-        return min(DEFAULT_DELAY * 2 ** (attempt - 1), DEFAULT_MAX_DELAY)
+    return {"limit": limit, "delays": delays, "jitter": backoff == "exponential"}
 
 
 @receiver(setting_changed)

@@ -181,8 +181,10 @@ def run_scenario(
     result = Result(name, jobs, unfinished_with_retry(), repeated_runs(runs), verified(), seconds)
     result.note = evidence(log, len(pool.processes))
     if check is not None:
-        result.problem = check(runs)
-        result.note += f"; {result.problem or 'check passed'}"
+        # A check returns what it found wrong, or "ok: " and what it measured.
+        found = check(runs)
+        result.problem = "" if found.startswith("ok") else found
+        result.note += f"; {found or 'ok'}"
     runs.unlink()
     log.unlink()
     return result
@@ -383,7 +385,7 @@ def crash_loop_check(runs: Path) -> str:
         problems.append(f"a crashing job ran {most} times")
     if Job.objects.filter(name="steps").exclude(state="COMPLETE").exists():
         problems.append("ordinary jobs did not complete")
-    return "; ".join(problems) or f"crashing jobs FAILED (WorkerLost) after at most {most} runs"
+    return "; ".join(problems) or f"ok: crashing jobs FAILED (WorkerLost) after at most {most} runs"
 
 
 SLOW = 8
@@ -479,7 +481,7 @@ def audit_check(runs: Path) -> str:
     worst = max(waits, default=float("inf"))
     if len(waits) < 20 or worst > 1.5:
         return f"probe jobs waited up to {worst:.1f} s to start ({len(waits)} of 20 ran)"
-    return f"probe jobs started within {worst:.2f} s"
+    return f"ok: probe jobs started within {worst:.2f} s"
 
 
 def restart_postgres(server: object) -> Callable[[Pool], None]:

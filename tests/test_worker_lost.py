@@ -159,3 +159,53 @@ def test_lost_worker__a_job_that_came_back_runs_only_after_its_batch_before_it_i
         j.events.filter(kind="claimed").last().payload["position"] for j in (neighbour, back)
     )
     assert (first, second) == (1, 2)
+
+
+def test_lost_worker__a_previous_release_workers_batch_goes_back_without_attempts():
+    jobs = Job.objects.bulk_create([Job(name="testjob") for _ in range(3)])
+    with connection.cursor() as cursor:
+        # The claim of a worker of the release before (no position in its events).
+        cursor.execute(
+            "SELECT id FROM dbq_claim_jobs_v2('default', 3, 'old-worker', %s, 'h', 1, 1)", [KEY]
+        )
+    time.sleep(1.05)
+
+    expired = dict(expire_leases("reaper", rules=AT_ONCE))
+
+    assert expired == {job.pk: "lease_expired" for job in jobs}
+    assert set(Job.objects.values_list("attempts", flat=True)) == {0}
+
+
+def test_lost_worker__a_lost_batch_is_judged_whole_whatever_the_limit():
+    Job.objects.bulk_create([Job(name="testjob") for _ in range(6)])
+    lose(limit=6)
+
+    # The limit counts lost workers: their whole batches are given back together.
+    first = expire_leases("reaper", limit=1, rules=AT_ONCE)
+    again = expire_leases("reaper", limit=1, rules=AT_ONCE)
+
+    assert sorted(kind for _, kind in first) == ["lease_expired"] * 5 + ["retried"]
+    assert again == []
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"retries": 1025},
+        {"retries": 2_000_000, "retry_backoff": "constant"},
+        {"retries": 2, "retry_backoff": "constant", "retry_delay": float("inf")},
+        {"retries": "many"},
+        {"retries": 3, "retry_backoff": "tests.jobs.no_such_backoff"},
+    ],
+)
+def test_lost_worker__any_retry_setting_gives_rules_the_database_takes(settings, config):
+    settings.JOBS = {**settings.JOBS, "odd": {"tasks": ["tests.jobs.task_one"], **config}}
+    from django_dbq.retries import LISTED_DELAYS, lost_worker_rules
+
+    rule = lost_worker_rules()["odd"]
+
+    assert 1 <= rule["limit"] and len(rule["delays"]) <= LISTED_DELAYS
+    assert all(0 <= delay <= 86400 for delay in rule["delays"])
+    job = Job.objects.create(name="odd")
+    lose()
+    assert expire_leases("reaper") == [(job.pk, "retried")]

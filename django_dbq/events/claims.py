@@ -161,7 +161,7 @@ def expire_leases(
     using: str = DEFAULT_DB_ALIAS,
     rules: dict[str, dict[str, Any]] | None = None,
 ) -> list[Expiry]:
-    """Put running jobs whose lease ran out back in their queue.
+    """Put running jobs whose lease ran out back in their queue, those of up to `limit` lost workers.
 
     The job a lost worker was running counts an attempt under `rules` (by default
     lost_worker_rules(): each job's retries and backoff from settings.JOBS):

@@ -70,5 +70,8 @@ class Heartbeat(Batches, SignalHandling):
                         str(exc),
                     )
                     connections[self.using].close()
+                except Exception:
+                    # Whatever went wrong, the leases must go on being renewed.
+                    logger.exception("event=heartbeat_error worker=%s", self.worker_id)
         finally:
             connections[self.using].close()

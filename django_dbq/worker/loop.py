@@ -111,15 +111,15 @@ class Worker(Heartbeat, Waiting):
                 self._wake.set()  # the heartbeat watches how long it waits
             self._pending.append(outcome)
         self.jobs_run += 1
+        if outcome.fatal is not None:
+            self._fatal, self.alive = outcome.fatal, False
+        if self.max_jobs is not None and self.jobs_run >= self.max_jobs:
+            self.alive = False
         if outcome.after is not None:
             # A failure's hooks wait for its event: recorded now, not with the next claim.
             self._awaiting_record.append(outcome)
             self._flush()
             self._run_after_hooks()
-        if outcome.fatal is not None:
-            self._fatal, self.alive = outcome.fatal, False
-        if self.max_jobs is not None and self.jobs_run >= self.max_jobs:
-            self.alive = False
         if self.rate_limit_in_seconds and self.alive:
             self._flush()
             self._stop_requested.wait(self.rate_limit_in_seconds)

@@ -374,11 +374,18 @@ $$;
 -- as many attempts as its rule allows, `failed` with that error. The others of
 -- the batch were not started: `lease_expired`, no attempt counted, as are a
 -- job in STOPPING (its worker was being stopped: the loss is the operator's),
--- a job whose claim is older than its position (claimed by a worker of the
--- previous release) while others of its batch lapsed too, and a job without a
--- key (imported or created as PROCESSING). `rules` is {job name: {"limit": n,
+-- a job claimed by a worker of the previous release (no position) while others
+-- of its batch lapsed too, and a job without a key (imported or created as
+-- PROCESSING). A worker's lapsed jobs are taken together, up to `max_jobs`
+-- workers' at a time (and the jobs without a key), and waited for rather than
+-- skipped when another statement holds one, so that one batch is judged once,
+-- as a whole, whichever worker notices it. `rules` is {job name: {"limit": n,
 -- "delays": [seconds before attempt 1, 2, ...]}} from the noticing worker's
--- settings.JOBS; a name it does not know gets limit 1 and 5 * 2^attempts s.
+-- settings.JOBS, with "jitter": false for a job whose backoff is not random;
+-- past its list, or for a name it does not know (limit 1), the wait is
+-- 5 * 2^attempts s, at most an hour. Waits (at most a day) are jittered here,
+-- by 0.5 to 1.5, so that the jobs of one outage do not all come back at once;
+-- a value that is not a number counts as missing.
 CREATE OR REPLACE FUNCTION @schema@.dbq_expire_leases_v3(
     p_worker text, max_jobs integer, rules jsonb DEFAULT '{}'::jsonb
 )
@@ -387,15 +394,22 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    WITH lapsed AS (
+    WITH lost_keys AS (
+        SELECT DISTINCT j.lease_key
+        FROM @schema@.django_dbq_job j
+        WHERE j.state IN ('PROCESSING', 'STOPPING')
+          AND (j.lease_until < now() OR j.lease_until IS NULL)
+        LIMIT max_jobs
+    ), lapsed AS (
         SELECT j.id, j.version, j.claimed_by, j.lease_until, j.lease_key, j.state, j.name,
                j.attempts
         FROM @schema@.django_dbq_job j
         WHERE j.state IN ('PROCESSING', 'STOPPING')
           AND (j.lease_until < now() OR j.lease_until IS NULL)
-        ORDER BY j.lease_until NULLS FIRST
-        LIMIT max_jobs
-        FOR UPDATE SKIP LOCKED
+          AND (j.lease_key IN (SELECT k.lease_key FROM lost_keys k)
+               OR (j.lease_key IS NULL AND EXISTS (SELECT FROM lost_keys k WHERE k.lease_key IS NULL)))
+        ORDER BY j.id
+        FOR UPDATE
     ), placed AS (
         SELECT l.*, c.position,
                count(*) OVER (PARTITION BY l.lease_key) AS lost_together,
@@ -410,11 +424,17 @@ BEGIN
         ) c ON l.lease_key IS NOT NULL
     ), judged AS (
         SELECT p.*,
-               p.lease_key IS NOT NULL AND p.state = 'PROCESSING'
-               AND (p.position = p.first_position OR p.lost_together = 1) AS blamed,
-               greatest(COALESCE((rules -> p.name ->> 'limit')::integer, 1), 1) AS attempt_limit,
-               COALESCE((rules -> p.name -> 'delays' ->> p.attempts)::float8,
-                        least(5 * power(2, p.attempts), 3600)) AS delay
+               COALESCE(p.lease_key IS NOT NULL AND p.state = 'PROCESSING'
+                        AND (p.position = p.first_position OR p.lost_together = 1), false) AS blamed,
+               greatest(CASE WHEN jsonb_typeof(rules -> p.name -> 'limit') = 'number'
+                             THEN least((rules -> p.name ->> 'limit')::numeric, 1000)::integer
+                        END, 1) AS attempt_limit,
+               least(greatest(COALESCE(
+                   CASE WHEN jsonb_typeof(rules -> p.name -> 'delays' -> p.attempts) = 'number'
+                        THEN (rules -> p.name -> 'delays' ->> p.attempts)::float8 END,
+                   least(5 * power(2, least(p.attempts, 20)), 3600)), 0), 86400)
+                   * CASE WHEN COALESCE(rules -> p.name -> 'jitter', 'true') = 'false' THEN 1
+                          ELSE 0.5 + random() END AS delay
         FROM placed p
     )
     INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
@@ -436,11 +456,11 @@ BEGIN
                         'traceback', ''),
                     'attempt', d.attempts + 1)
                 || CASE WHEN d.attempts + 1 > d.attempt_limit THEN '{}'::jsonb
-                   ELSE jsonb_build_object('run_after',
-                        now() + make_interval(secs => least(greatest(d.delay, 0), 86400)))
+                   ELSE jsonb_build_object('run_after', now() + make_interval(secs => d.delay))
                    END
            END
     FROM judged d
+    ORDER BY d.id
     RETURNING job_id, kind::text;
 END
 $$;
