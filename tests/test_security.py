@@ -18,6 +18,8 @@ from psycopg.types.json import Jsonb
 
 from django_dbq.events.claims import new_worker_key
 from django_dbq.events.models import EventKind
+from django_dbq.projections.scratch import VARIANTS, rename, scratch_sql
+from django_dbq.roles import AUDIT_FUNCTIONS
 from django_dbq.sqlfiles import read_sql
 from tests.ownedb import SCHEMA, create_owned_database, drop_owned_database
 
@@ -522,9 +524,14 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
             [key, waiting],
         )
         conn.execute("SELECT * FROM dbq_expire_leases_v2('w', 10)")
-    # The owner's own rebuild, in a session whose search_path is the app's schema.
+    # The owner's own rebuild, in a session whose search_path is the app's schema,
+    # and the audit reads' rebuild into a TEMP table, by the owner and the app.
     with owned.connect("owner") as conn, conn.transaction(force_rollback=True):
         conn.execute("SELECT dbq_replay_events_v4()")
+    for kind in ("owner", "app"):
+        with owned.connect(kind) as conn, conn.transaction(force_rollback=True):
+            conn.execute("CREATE TEMP TABLE dbq_scratch_job (LIKE dbq_app.django_dbq_job)")
+            conn.execute("SELECT dbq_replay_events_scratch_v4()")
     assert job_row(owner, finished)[0] == "COMPLETE"
     assert job_row(owner, waiting)[0] == "COMPLETE"
 
@@ -599,10 +606,11 @@ def test_schema_creator__is_named_by_manage_py_check(owned, owner):
 
 
 def defined_functions():
-    """Each function of the sql/ files: name -> body, as the files hold them now."""
+    """Each function of the sql/ files, and each generated from them: name -> body, as now."""
     found = {}
-    for package, path in SQL_FILES:
-        text = read_sql(package, path).replace("@schema_literal@", f"'{SCHEMA}'")
+    texts = [read_sql(package, path) for package, path in SQL_FILES] + [scratch_sql()]
+    for text in texts:
+        text = text.replace("@schema_literal@", f"'{SCHEMA}'")
         text = text.replace("@schema@", f'"{SCHEMA}"')
         for match in re.finditer(
             rf'CREATE OR REPLACE FUNCTION "{SCHEMA}"\.(\w+)\(.*?AS \$\$\n?(.*?)\$\$;', text, re.S
@@ -705,3 +713,50 @@ def test_schema_of_its_own__workers_and_app_run_jobs_with_their_roles(owned, own
         " AND relname LIKE 'django_dbq%%'"
     ).fetchone()[0]
     assert in_public == 0
+
+
+# 8. Audit reads by the roles: into a TEMP table of their own session, under MVCC.
+
+
+def test_scratch_functions__are_the_live_ones_with_only_their_target_renamed(owner):
+    def installed(name):
+        return owner.execute(
+            "SELECT p.prosrc, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),"
+            " p.provolatile, p.proparallel, p.prosecdef, p.proconfig, p.prolang"
+            " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.proname = %s",
+            [SCHEMA, name],
+        ).fetchone()
+
+    for live, generated, copy in VARIANTS:
+        live_source, *live_shape = installed(live)
+        source, *shape = installed(generated)
+
+        assert shape == live_shape, generated
+        assert source == rename(live_source, copy=copy, schema=f'"{SCHEMA}"'), generated
+        changed = [
+            renamed
+            for line, renamed in zip(live_source.splitlines(), source.splitlines(), strict=True)
+            if line != renamed
+        ]
+        assert changed, generated
+        # Only lines that name the scratch table, the copy or a scratch function differ.
+        for renamed in changed:
+            assert re.search(r"pg_temp\.dbq_scratch_job(event)?\b|_scratch_v\d\(", renamed), renamed
+
+
+def test_audit_functions__are_granted_to_worker_app_and_maintenance_not_public(owned, owner):
+    rows = owner.execute(
+        "SELECT p.oid::regprocedure::text, has_function_privilege('public', p.oid, 'EXECUTE'),"
+        " ARRAY(SELECT r.rolname FROM pg_roles r WHERE r.rolname = ANY(%s)"
+        "       AND has_function_privilege(r.oid, p.oid, 'EXECUTE') ORDER BY 1)"
+        " FROM unnest(%s::regprocedure[]) AS p(oid)",
+        [[owned.roles[k] for k in BELOW_OWNER], list(AUDIT_FUNCTIONS)],
+    ).fetchall()
+    role_of = {name: kind for kind, name in owned.roles.items()}
+
+    assert {r[0].split("(")[0] for r in rows} >= {g for _, g, _ in VARIANTS}
+    for signature, public, granted in rows:
+        assert not public, signature
+        assert sorted(role_of[g] for g in granted) == ["app", "maintenance", "worker"], signature
+    with owned.connect("none") as conn:
+        refused(conn, "SELECT dbq_replay_events_scratch_v4()")
