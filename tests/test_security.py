@@ -8,6 +8,7 @@ event kind, opening the guards with settings, and stretching or stealing leases.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -557,6 +558,8 @@ PLANTED_ENTRY_POINTS = [
     planted_function("dbq_replay_events_v4", "text, text, bigint", "bigint"),
     planted_function("dbq_delete_old_jobs_v2", "text", "bigint"),
     planted_function("dbq_cancel_jobs_v2", f"uuid[], {VC}", "void"),
+    planted_function("dbq_replay_events_scratch_v4", "text, text, bigint", "bigint"),
+    planted_function("dbq_replay_copy_scratch_v4", "text, text, bigint", "bigint"),
 ]
 
 
@@ -564,6 +567,7 @@ def test_schema_creator__cannot_hijack_the_calls_of_workers_app_or_owner(owned, 
     with owned.connect("creator") as conn:
         for statement in PLANTED_ENTRY_POINTS:
             conn.execute(statement)
+    audit_job(owner)
     try:
         script = (
             "from django_dbq.models import Job;"
@@ -576,7 +580,8 @@ def test_schema_creator__cannot_hijack_the_calls_of_workers_app_or_owner(owned, 
         maintenance = owned.manage("maintenance", "delete_old_jobs", "--hours", "-1")
         verified = owned.manage("owner", "replay_events", "--verify")
         replayed = owned.manage("owner", "replay_events")
-        for ran in (app, worker, maintenance, verified, replayed):
+        audited = owned.manage("app", "shell", "-c", AUDIT_SCRIPT)
+        for ran in (app, worker, maintenance, verified, replayed, audited):
             assert ran.returncode == 0, ran.stdout[-1000:] + ran.stderr[-2000:]
             assert "planted code ran" not in ran.stdout + ran.stderr
         assert "database_error" not in worker.stderr, worker.stderr[-2000:]
@@ -760,3 +765,74 @@ def test_audit_functions__are_granted_to_worker_app_and_maintenance_not_public(o
         assert sorted(role_of[g] for g in granted) == ["app", "maintenance", "worker"], signature
     with owned.connect("none") as conn:
         refused(conn, "SELECT dbq_replay_events_scratch_v4()")
+
+
+AUDIT_SCRIPT = """
+import json
+from io import StringIO
+from django.core.management import call_command
+from django.db import connection, transaction
+from django.utils import timezone
+from django_dbq.models import Job
+from django_dbq.projections.replay import verify_projection
+
+now = timezone.now()
+audit = Job.objects.filter(queue_name="audit")
+
+
+def reads():
+    out = StringIO()
+    job = audit.first()
+    call_command("job_history", str(job.id), "--as-of", now.isoformat(), stdout=out)
+    return [
+        verify_projection().drift_count,
+        len(Job.objects.as_of(now)) == Job.objects.count(),
+        [j.state for j in audit.as_of(now)],
+        out.getvalue().splitlines()[-1].split()[3],
+    ]
+
+
+results = {"own": reads()}
+with transaction.atomic():
+    results["read committed"] = reads()
+with transaction.atomic():
+    connection.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    results["repeatable read"] = reads()
+print(json.dumps(results))
+"""
+
+
+def audit_job(owner):
+    """The one job of the queue AUDIT_SCRIPT reads."""
+    found = owner.execute("SELECT id FROM dbq_app.django_dbq_job WHERE queue_name = 'audit'")
+    return (found.fetchone() or [None])[0] or create_job(owner, queue="audit")
+
+
+def projection(owner):
+    return owner.execute("SELECT * FROM dbq_app.django_dbq_job ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize("kind", ["worker", "app", "maintenance"])
+def test_audit_reads__as_of_and_verify_work_for_each_role_and_write_nothing(owned, owner, kind):
+    audit_job(owner)
+    drifting = create_job(owner, queue="audit-drift")
+    with owner.transaction():
+        owner.execute("SELECT set_config('dbq.applying', 'on', true)")
+        owner.execute("UPDATE dbq_app.django_dbq_job SET priority = 9 WHERE id = %s", [drifting])
+    before = projection(owner)
+    try:
+        ran = owned.manage(kind, "shell", "-c", AUDIT_SCRIPT)
+        verified = owned.manage(kind, "replay_events", "--verify")
+        after = projection(owner)
+    finally:
+        owner.execute("SELECT dbq_replay_events_v4()")
+
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    results = json.loads(ran.stdout.splitlines()[-1])
+    assert results == {
+        mode: [1, True, ["NEW"], "state=NEW"]
+        for mode in ("own", "read committed", "repeatable read")
+    }
+    assert verified.returncode == 1
+    assert f"job {drifting}: priority: live=9 replayed=0" in verified.stderr
+    assert after == before  # the drift is still there: the reads wrote nothing live
