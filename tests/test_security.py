@@ -638,7 +638,8 @@ def test_installed_functions__are_those_of_the_sql_files_and_no_others(owner):
     changed = [n for n in defined if installed[n].strip() != defined[n].strip()]
     assert changed == [], (
         f"{changed} differ from what the migrations installed; you probably need a new "
-        "migration with a frozen copy of the changed sql/ file (and a _vN name)"
+        "migration with a frozen copy of the changed sql/ file (and a _vN name), and, when "
+        "apply.sql or replay.sql changed, one of django_dbq.projections.scratch.scratch_sql()"
     )
 
 
