@@ -12,8 +12,11 @@ the calling role may do; each role is granted its functions and SELECT:
   requeues, and releases jobs whose worker is gone.
 - maintenance: runs delete_old_jobs (the retention function), and nothing else.
 
-Replay rebuilds the projection and needs the tables' owner (the role that ran
-the migrations).
+Every role may also read the past: as_of, job_history --as-of and replay_events
+--verify rebuild the projection into a TEMP table of their own session, through
+functions that run with the caller's rights (AUDIT_FUNCTIONS; the role needs
+TEMP on the database, which PUBLIC holds by default). Replay itself rebuilds the
+live projection and needs the tables' owner (the role that ran the migrations).
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ WORKER_FUNCTIONS = (
     "dbq_expire_leases_v2(text, integer)",
 )
 RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v2(timestamptz)",)
+# The audit reads (projections/scratch.py) and the pure functions the fold calls;
+# all run with the caller's rights and write only the caller's TEMP tables.
+AUDIT_FUNCTIONS = (
+    "dbq_replay_events_scratch_v4(timestamptz, uuid[], bigint)",
+    "dbq_replay_copy_scratch_v4(timestamptz, uuid[], bigint)",
+    "dbq_fold_events_scratch_v1(django_dbq_jobevent[])",
+    "dbq_refuse_events_scratch_v2(django_dbq_jobevent[])",
+    "dbq_next_state_v2(text, text, jsonb, boolean)",
+    "dbq_event_is_illegal_v2(text, integer, jsonb, boolean, text, integer, boolean)",
+    "dbq_job_row_v1(uuid, integer, jsonb, timestamptz)",
+    "dbq_time_v1(text)",
+    "dbq_refuse_time_v1(text)",
+)
 # What no role but the owner may hold on the tables and the event id sequence.
 WRITE_RIGHTS = "INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER"
 SEQUENCE_RIGHTS = "USAGE, UPDATE"
@@ -68,12 +84,13 @@ def grant_statements(
 ) -> list[sql.Composable]:
     """The GRANT statements that give each named role exactly what it needs."""
     statements: list[sql.Composable] = []
-    if worker:
-        statements += _read(worker) + _execute(worker, WORKER_FUNCTIONS)
-    if app:
-        statements += _read(app) + _execute(app, APP_FUNCTIONS)
-    if maintenance:
-        statements += _read(maintenance) + _execute(maintenance, RETENTION_FUNCTIONS)
+    for role, functions in (
+        (worker, WORKER_FUNCTIONS),
+        (app, APP_FUNCTIONS),
+        (maintenance, RETENTION_FUNCTIONS),
+    ):
+        if role:
+            statements += _read(role) + _execute(role, functions + AUDIT_FUNCTIONS)
     return statements
 
 

@@ -8,6 +8,7 @@ event kind, opening the guards with settings, and stretching or stealing leases.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -18,6 +19,8 @@ from psycopg.types.json import Jsonb
 
 from django_dbq.events.claims import new_worker_key
 from django_dbq.events.models import EventKind
+from django_dbq.projections.scratch import VARIANTS, rename, scratch_sql
+from django_dbq.roles import AUDIT_FUNCTIONS
 from django_dbq.sqlfiles import read_sql
 from tests.ownedb import SCHEMA, create_owned_database, drop_owned_database
 
@@ -522,9 +525,14 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
             [key, waiting],
         )
         conn.execute("SELECT * FROM dbq_expire_leases_v3('w', 10, '{}')")
-    # The owner's own rebuild, in a session whose search_path is the app's schema.
+    # The owner's own rebuild, in a session whose search_path is the app's schema,
+    # and the audit reads' rebuild into a TEMP table, by the owner and the app.
     with owned.connect("owner") as conn, conn.transaction(force_rollback=True):
         conn.execute("SELECT dbq_replay_events_v4()")
+    for kind in ("owner", "app"):
+        with owned.connect(kind) as conn, conn.transaction(force_rollback=True):
+            conn.execute("CREATE TEMP TABLE dbq_scratch_job (LIKE dbq_app.django_dbq_job)")
+            conn.execute("SELECT dbq_replay_events_scratch_v4()")
     assert job_row(owner, finished)[0] == "COMPLETE"
     assert job_row(owner, waiting)[0] == "COMPLETE"
 
@@ -550,6 +558,8 @@ PLANTED_ENTRY_POINTS = [
     planted_function("dbq_replay_events_v4", "text, text, bigint", "bigint"),
     planted_function("dbq_delete_old_jobs_v2", "text", "bigint"),
     planted_function("dbq_cancel_jobs_v2", f"uuid[], {VC}", "void"),
+    planted_function("dbq_replay_events_scratch_v4", "text, text, bigint", "bigint"),
+    planted_function("dbq_replay_copy_scratch_v4", "text, text, bigint", "bigint"),
 ]
 
 
@@ -557,6 +567,7 @@ def test_schema_creator__cannot_hijack_the_calls_of_workers_app_or_owner(owned, 
     with owned.connect("creator") as conn:
         for statement in PLANTED_ENTRY_POINTS:
             conn.execute(statement)
+    audit_job(owner)
     try:
         script = (
             "from django_dbq.models import Job;"
@@ -569,7 +580,8 @@ def test_schema_creator__cannot_hijack_the_calls_of_workers_app_or_owner(owned, 
         maintenance = owned.manage("maintenance", "delete_old_jobs", "--hours", "-1")
         verified = owned.manage("owner", "replay_events", "--verify")
         replayed = owned.manage("owner", "replay_events")
-        for ran in (app, worker, maintenance, verified, replayed):
+        audited = owned.manage("app", "shell", "-c", AUDIT_SCRIPT)
+        for ran in (app, worker, maintenance, verified, replayed, audited):
             assert ran.returncode == 0, ran.stdout[-1000:] + ran.stderr[-2000:]
             assert "planted code ran" not in ran.stdout + ran.stderr
         assert "database_error" not in worker.stderr, worker.stderr[-2000:]
@@ -599,10 +611,11 @@ def test_schema_creator__is_named_by_manage_py_check(owned, owner):
 
 
 def defined_functions():
-    """Each function of the sql/ files: name -> body, as the files hold them now."""
+    """Each function of the sql/ files, and each generated from them: name -> body, as now."""
     found = {}
-    for package, path in SQL_FILES:
-        text = read_sql(package, path).replace("@schema_literal@", f"'{SCHEMA}'")
+    texts = [read_sql(package, path) for package, path in SQL_FILES] + [scratch_sql()]
+    for text in texts:
+        text = text.replace("@schema_literal@", f"'{SCHEMA}'")
         text = text.replace("@schema@", f'"{SCHEMA}"')
         for match in re.finditer(
             rf'CREATE OR REPLACE FUNCTION "{SCHEMA}"\.(\w+)\(.*?AS \$\$\n?(.*?)\$\$;', text, re.S
@@ -625,7 +638,8 @@ def test_installed_functions__are_those_of_the_sql_files_and_no_others(owner):
     changed = [n for n in defined if installed[n].strip() != defined[n].strip()]
     assert changed == [], (
         f"{changed} differ from what the migrations installed; you probably need a new "
-        "migration with a frozen copy of the changed sql/ file (and a _vN name)"
+        "migration with a frozen copy of the changed sql/ file (and a _vN name), and, when "
+        "apply.sql or replay.sql changed, one of django_dbq.projections.scratch.scratch_sql()"
     )
 
 
@@ -708,3 +722,121 @@ def test_schema_of_its_own__workers_and_app_run_jobs_with_their_roles(owned, own
         " AND relname LIKE 'django_dbq%%'"
     ).fetchone()[0]
     assert in_public == 0
+
+
+# 8. Audit reads by the roles: into a TEMP table of their own session, under MVCC.
+
+
+def test_scratch_functions__are_the_live_ones_with_only_their_target_renamed(owner):
+    def installed(name):
+        return owner.execute(
+            "SELECT p.prosrc, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),"
+            " p.provolatile, p.proparallel, p.prosecdef, p.proconfig, p.prolang"
+            " FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.proname = %s",
+            [SCHEMA, name],
+        ).fetchone()
+
+    for live, generated, copy in VARIANTS:
+        live_source, *live_shape = installed(live)
+        source, *shape = installed(generated)
+
+        assert shape == live_shape, generated
+        assert source == rename(live_source, copy=copy, schema=f'"{SCHEMA}"'), generated
+        changed = [
+            renamed
+            for line, renamed in zip(live_source.splitlines(), source.splitlines(), strict=True)
+            if line != renamed
+        ]
+        assert changed, generated
+        # Only lines that name the scratch table, the copy or a scratch function differ.
+        for renamed in changed:
+            assert re.search(r"pg_temp\.dbq_scratch_job(event)?\b|_scratch_v\d\(", renamed), renamed
+
+
+def test_audit_functions__are_granted_to_worker_app_and_maintenance_not_public(owned, owner):
+    rows = owner.execute(
+        "SELECT p.oid::regprocedure::text, has_function_privilege('public', p.oid, 'EXECUTE'),"
+        " ARRAY(SELECT r.rolname FROM pg_roles r WHERE r.rolname = ANY(%s)"
+        "       AND has_function_privilege(r.oid, p.oid, 'EXECUTE') ORDER BY 1)"
+        " FROM unnest(%s::regprocedure[]) AS p(oid)",
+        [[owned.roles[k] for k in BELOW_OWNER], list(AUDIT_FUNCTIONS)],
+    ).fetchall()
+    role_of = {name: kind for kind, name in owned.roles.items()}
+
+    assert {r[0].split("(")[0] for r in rows} >= {g for _, g, _ in VARIANTS}
+    for signature, public, granted in rows:
+        assert not public, signature
+        assert sorted(role_of[g] for g in granted) == ["app", "maintenance", "worker"], signature
+    with owned.connect("none") as conn:
+        refused(conn, "SELECT dbq_replay_events_scratch_v4()")
+
+
+AUDIT_SCRIPT = """
+import json
+from io import StringIO
+from django.core.management import call_command
+from django.db import connection, transaction
+from django.utils import timezone
+from django_dbq.models import Job
+from django_dbq.projections.replay import verify_projection
+
+now = timezone.now()
+audit = Job.objects.filter(queue_name="audit")
+
+
+def reads():
+    out = StringIO()
+    job = audit.first()
+    call_command("job_history", str(job.id), "--as-of", now.isoformat(), stdout=out)
+    return [
+        verify_projection().drift_count,
+        len(Job.objects.as_of(now)) == Job.objects.count(),
+        [j.state for j in audit.as_of(now)],
+        out.getvalue().splitlines()[-1].split()[3],
+    ]
+
+
+results = {"own": reads()}
+with transaction.atomic():
+    results["read committed"] = reads()
+with transaction.atomic():
+    connection.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    results["repeatable read"] = reads()
+print(json.dumps(results))
+"""
+
+
+def audit_job(owner):
+    """The one job of the queue AUDIT_SCRIPT reads."""
+    found = owner.execute("SELECT id FROM dbq_app.django_dbq_job WHERE queue_name = 'audit'")
+    return (found.fetchone() or [None])[0] or create_job(owner, queue="audit")
+
+
+def projection(owner):
+    return owner.execute("SELECT * FROM dbq_app.django_dbq_job ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize("kind", ["worker", "app", "maintenance"])
+def test_audit_reads__as_of_and_verify_work_for_each_role_and_write_nothing(owned, owner, kind):
+    audit_job(owner)
+    drifting = create_job(owner, queue="audit-drift")
+    with owner.transaction():
+        owner.execute("SELECT set_config('dbq.applying', 'on', true)")
+        owner.execute("UPDATE dbq_app.django_dbq_job SET priority = 9 WHERE id = %s", [drifting])
+    before = projection(owner)
+    try:
+        ran = owned.manage(kind, "shell", "-c", AUDIT_SCRIPT)
+        verified = owned.manage(kind, "replay_events", "--verify")
+        after = projection(owner)
+    finally:
+        owner.execute("SELECT dbq_replay_events_v4()")
+
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    results = json.loads(ran.stdout.splitlines()[-1])
+    assert results == {
+        mode: [1, True, ["NEW"], "state=NEW"]
+        for mode in ("own", "read committed", "repeatable read")
+    }
+    assert verified.returncode == 1
+    assert f"job {drifting}: priority: live=9 replayed=0" in verified.stderr
+    assert after == before  # the drift is still there: the reads wrote nothing live

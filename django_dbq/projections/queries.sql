@@ -10,35 +10,76 @@ LOCK TABLE django_dbq_jobevent IN SHARE MODE
 -- slice_bytes of events; returns the number of events applied.
 SELECT dbq_replay_events_v4(NULL::timestamptz, NULL::uuid[], %(slice_bytes)s::bigint)
 
--- name: projection_replay_as_of
--- Rebuild the projection (or some jobs' rows) as it was at a time; callers roll back.
-SELECT dbq_replay_events_v4(%(until)s::timestamptz, %(job_ids)s::uuid[], 134217728::bigint)
+-- name: audit_isolation
+-- Inside a caller's transaction: whether its statements share one snapshot.
+SELECT current_setting('transaction_isolation') <> 'read committed'
 
--- name: projection_snapshot
--- Copy the live projection aside before it is rebuilt for comparison.
-CREATE TEMP TABLE dbq_live ON COMMIT DROP AS SELECT * FROM django_dbq_job
+-- name: scratch_projection
+-- What an audit read rebuilds the projection into: a table of this session
+-- alone with the projection's columns, no index, trigger or foreign key, gone
+-- with the read's transaction (or savepoint).
+CREATE TEMP TABLE dbq_scratch_job (LIKE django_dbq_job) ON COMMIT DROP
 
--- name: projection_count_drift
--- How many jobs differ, in any column, between the live copy and the rebuild.
--- The copy has the projection's columns in the same order, so the rows compare
+-- name: scratch_live_view
+-- The live rows verify compares with, in the read's one snapshot.
+CREATE TEMP VIEW dbq_scratch_live AS SELECT * FROM django_dbq_job
+
+-- name: scratch_live_table
+CREATE TEMP TABLE dbq_scratch_live (LIKE django_dbq_job) ON COMMIT DROP
+
+-- name: scratch_events_table
+-- One row per job, its events as an array of ledger rows: unnest gives them
+-- back to the replay as rows of the ledger's type.
+CREATE TEMP TABLE dbq_scratch_jobevent (events django_dbq_jobevent[]) ON COMMIT DROP
+
+-- name: scratch_copy
+-- Inside a caller's READ COMMITTED transaction each statement sees the database
+-- anew, so the events to replay (and, when `live`, the live rows) are copied in
+-- this one statement, from one snapshot, before the rebuild reads them.
+WITH live AS (
+    INSERT INTO pg_temp.dbq_scratch_live SELECT * FROM django_dbq_job WHERE %(live)s::boolean
+)
+INSERT INTO pg_temp.dbq_scratch_jobevent
+SELECT array_agg(e)
+FROM django_dbq_jobevent e
+WHERE (%(until)s::timestamptz IS NULL OR e.at <= %(until)s::timestamptz)
+  AND (%(job_ids)s::uuid[] IS NULL OR e.job_id = ANY(%(job_ids)s::uuid[]))
+GROUP BY e.job_id
+
+-- name: scratch_replay
+-- Rebuild the projection (at `until`, of `job_ids`) from the ledger into the
+-- scratch table; returns the number of events applied.
+SELECT dbq_replay_events_scratch_v4(%(until)s::timestamptz, %(job_ids)s::uuid[], %(slice_bytes)s::bigint)
+
+-- name: scratch_replay_copy
+-- The same from the copy of the events (scratch_copy).
+SELECT dbq_replay_copy_scratch_v4(%(until)s::timestamptz, %(job_ids)s::uuid[], %(slice_bytes)s::bigint)
+
+-- name: scratch_count
+SELECT count(*) FROM pg_temp.dbq_scratch_job
+
+-- name: scratch_jobs
+-- The rebuilt rows, in the order of Job.Meta.ordering.
+SELECT * FROM pg_temp.dbq_scratch_job ORDER BY priority DESC, created
+
+-- name: scratch_count_drift
+-- How many jobs differ, in any column, between the live rows and the rebuild.
+-- Both have the projection's columns in the same order, so the rows compare
 -- column by column with each type's own equality (a row absent on one side is
--- all NULLs there); five times faster than comparing them as JSON.
+-- NULL there); five times faster than comparing them as JSON.
 SELECT count(*)
-FROM dbq_live l
-FULL JOIN django_dbq_job r ON r.id = l.id
+FROM pg_temp.dbq_scratch_live l
+FULL JOIN pg_temp.dbq_scratch_job r ON r.id = l.id
 WHERE (l.*) IS DISTINCT FROM (r.*)
 
--- name: projection_list_drift
+-- name: scratch_list_drift
 -- The first differing jobs, each as its live row and its rebuilt row (NULL when absent).
 SELECT COALESCE(l.id, r.id) AS id, to_jsonb(l) AS live, to_jsonb(r) AS replayed
-FROM dbq_live l
-FULL JOIN django_dbq_job r ON r.id = l.id
+FROM pg_temp.dbq_scratch_live l
+FULL JOIN pg_temp.dbq_scratch_job r ON r.id = l.id
 WHERE (l.*) IS DISTINCT FROM (r.*)
 ORDER BY 1
 LIMIT %(limit)s
-
--- name: projection_count
-SELECT count(*) FROM django_dbq_job
 
 -- name: stats_by_queue_and_state
 -- How many jobs each queue holds in each state.

@@ -1,14 +1,21 @@
-"""Replay: rebuild the Job projection from the ledger, or check that a rebuild matches."""
+"""Replay: rebuild the Job projection from the ledger, or check that a rebuild matches.
+
+replay_events rebuilds the live table (the owner, under a SHARE lock on the
+ledger). verify_projection and projection_as_of are audit reads: they rebuild
+into a TEMP table of the session and hold no lock beyond a SELECT's.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from django_dbq.sqlfiles import bind, load_queries
@@ -57,8 +64,12 @@ def _show(value: Any) -> str:
     return orjson.dumps(value).decode() if not isinstance(value, str) else value
 
 
+def _query(name: str) -> str:
+    return load_queries("django_dbq.projections")[name]
+
+
 def _run(cursor: Any, name: str, params: dict[str, Any] | None = None) -> Any:
-    cursor.execute(*bind(load_queries("django_dbq.projections")[name], params))
+    cursor.execute(*bind(_query(name), params))
     return cursor
 
 
@@ -78,21 +89,16 @@ def replay_events(using: str = DEFAULT_DB_ALIAS, slice_bytes: int = REPLAY_SLICE
 def verify_projection(
     using: str = DEFAULT_DB_ALIAS, show: int = 20, slice_bytes: int = REPLAY_SLICE_BYTES
 ) -> Verification:
-    """Rebuild the projection in a transaction that is rolled back, and diff it with the live one.
+    """Rebuild the projection into a scratch table and diff it with the live one.
 
-    The live table is copied to a scratch table first; new events wait until the
-    check is over, and the live projection is left exactly as it was.
+    An audit read (see _audit_read): the ledger and the live rows are read in one
+    snapshot, nothing waits for it and it writes nothing live.
     """
-    with transaction.atomic(using), connections[using].cursor() as cursor:
-        _run(cursor, "ledger_lock")
-        _run(cursor, "projection_snapshot")
-        events = _run(cursor, "projection_replay", {"slice_bytes": slice_bytes}).fetchone()[0]
-        jobs = _run(cursor, "projection_count").fetchone()[0]
-        drift_count = _run(cursor, "projection_count_drift").fetchone()[0]
-        rows = (
-            _run(cursor, "projection_list_drift", {"limit": show}).fetchall() if drift_count else []
-        )
-        transaction.set_rollback(True, using)
+    with _audit_read(using) as (cursor, one_snapshot):
+        events = _rebuild(cursor, one_snapshot, slice_bytes=slice_bytes, live=True)
+        jobs = _run(cursor, "scratch_count").fetchone()[0]
+        drift_count = _run(cursor, "scratch_count_drift").fetchone()[0]
+        rows = _run(cursor, "scratch_list_drift", {"limit": show}).fetchall() if drift_count else []
     drift = [Drift(row[0], _load(row[1]), _load(row[2])) for row in rows]
     return Verification(events=events, jobs=jobs, drift_count=drift_count, drift=drift)
 
@@ -109,18 +115,77 @@ def projection_as_of(
     """The Job rows as they were at `when`, rebuilt from the ledger; the live table is untouched.
 
     With job_ids only those jobs are rebuilt (cheap); without, the whole
-    projection is. Either way new events wait until the rebuild is read, and the
-    rebuild is rolled back.
+    projection is. An audit read (see _audit_read): nothing waits for it.
     """
     from django_dbq.projections.models import Job
 
-    with transaction.atomic(using), connections[using].cursor() as cursor:
-        _run(cursor, "ledger_lock")
-        ids = None if job_ids is None else list(job_ids)
-        _run(cursor, "projection_replay_as_of", {"until": when, "job_ids": ids})
-        jobs = Job.objects.using(using).all()
-        if ids is not None:
-            jobs = jobs.filter(id__in=ids)
-        past = list(jobs)
+    ids = None if job_ids is None else list(job_ids)
+    with _audit_read(using) as (cursor, one_snapshot):
+        _rebuild(cursor, one_snapshot, until=when, job_ids=ids)
+        return list(Job.objects.db_manager(using).raw(_query("scratch_jobs")))
+
+
+@contextmanager
+def _audit_read(using: str) -> Iterator[tuple[Any, bool]]:
+    """A read of the past that takes no lock beyond a SELECT's and leaves nothing behind.
+
+    It rebuilds into pg_temp.dbq_scratch_job, through functions that run with the
+    caller's rights, in a transaction of its own (REPEATABLE READ: one snapshot
+    for all its statements) or in a savepoint of the caller's, and rolls back.
+    Yields a cursor and whether the read's statements share one snapshot: inside
+    a caller's READ COMMITTED transaction they do not, and _rebuild copies what
+    it reads in one statement instead.
+    """
+    connection = connections[using]
+    outermost = connection.get_autocommit() and not connection.in_atomic_block
+    with (
+        _repeatable_read(connection) if outermost else nullcontext(),
+        transaction.atomic(using),
+        connection.cursor() as cursor,
+    ):
+        one_snapshot = outermost or _run(cursor, "audit_isolation").fetchone()[0]
+        _run(cursor, "scratch_projection")
+        yield cursor, one_snapshot
         transaction.set_rollback(True, using)
-    return past
+
+
+@contextmanager
+def _repeatable_read(connection: Any) -> Iterator[None]:
+    """The next transaction of an idle connection begins REPEATABLE READ.
+
+    Set on the driver's connection, so that psycopg's own BEGIN says so: a SET
+    TRANSACTION statement would have to come first, and execute wrappers
+    (pgtrigger.ignore()) put a statement of theirs before every one.
+    """
+    raw = connection.connection
+    previous = raw.isolation_level
+    raw.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        yield
+    finally:
+        if not raw.closed:
+            raw.isolation_level = previous
+
+
+def _rebuild(
+    cursor: Any,
+    one_snapshot: bool,
+    until: datetime | None = None,
+    job_ids: list[uuid.UUID] | None = None,
+    slice_bytes: int = REPLAY_SLICE_BYTES,
+    live: bool = False,
+) -> int:
+    """Rebuild the projection (at `until`, of `job_ids`) into the scratch table.
+
+    With `live`, pg_temp.dbq_scratch_live holds the live rows of the same
+    snapshot. Returns the number of events applied.
+    """
+    params = {"until": until, "job_ids": job_ids, "slice_bytes": slice_bytes}
+    if one_snapshot:
+        if live:
+            _run(cursor, "scratch_live_view")
+        return _run(cursor, "scratch_replay", params).fetchone()[0]
+    _run(cursor, "scratch_live_table")
+    _run(cursor, "scratch_events_table")
+    _run(cursor, "scratch_copy", {**params, "live": live})
+    return _run(cursor, "scratch_replay_copy", params).fetchone()[0]

@@ -39,13 +39,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--verify",
             action="store_true",
-            help="Rebuild into a rolled-back transaction and diff it against the live table; "
-            "exit 1 on drift.",
+            help="Rebuild into a scratch table of this session and diff it against the live "
+            "table, reading both in one snapshot and locking nothing; exit 1 on drift.",
         )
         parser.add_argument(
             "--as-of",
-            help="Rebuild the projection as it was at this time (ISO 8601) in a rolled-back "
-            "transaction and print jobs per queue and state then; the live table is untouched.",
+            help="Rebuild the projection as it was at this time (ISO 8601) into a scratch table "
+            "of this session and print jobs per queue and state then; the live table is untouched.",
         )
         parser.add_argument(
             "--slice-mb",
