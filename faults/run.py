@@ -460,7 +460,7 @@ def audit_reads(pool: Pool) -> None:
         thread = threading.Thread(target=auditor, daemon=True)
         thread.start()
         for _ in range(20):
-            Job.objects.create(name="probe")
+            Job.objects.create(name="probe", priority=10)
             time.sleep(0.2)
         open_transaction.rollback()
     stop.set()
