@@ -330,9 +330,10 @@ def rolling_deploy(pool: Pool) -> None:
 def deploy_check(runs: Path) -> str:
     from django_dbq.models import Job
 
+    savers = Job.objects.filter(name__in=["saver", "saver_new"])
     failed = Job.objects.filter(state="FAILED").count()
-    saved = Job.objects.filter(name="saver", state="COMPLETE", workspace__progress=4).count()
-    expected = Job.objects.filter(name="saver").count()
+    saved = savers.filter(state="COMPLETE", workspace__progress=4).count()
+    expected = savers.count()
     problems = []
     if failed:
         problems.append(f"{failed} jobs FAILED during the deploy")
@@ -345,8 +346,12 @@ def enqueue_deploy(count: int) -> Callable[[random.Random], None]:
     def enqueue(rng: random.Random) -> None:
         from django_dbq.models import Job
 
-        Job.objects.bulk_create([Job(name="saver") for _ in range(count // 10)])
-        enqueue_steps(count - count // 10, rng, sleep=0.005)
+        # Old workers run the savers (SIGTERM finds them saving); only new ones
+        # know saver_new.
+        savers = [Job(name="saver", priority=5) for _ in range(40)]
+        savers += [Job(name="saver_new", priority=5) for _ in range(20)]
+        Job.objects.bulk_create(savers)
+        enqueue_steps(count - len(savers), rng, sleep=0.005)
 
     return enqueue
 
@@ -453,10 +458,13 @@ def audit_reads(pool: Pool) -> None:
             connections.close_all()
 
     with psycopg.connect(settings.FAULTS_URL) as open_transaction:
-        # An ordinary request that enqueued a job and has not committed yet.
+        # An ordinary request that enqueued a job and has not committed yet; it
+        # ends after 4 s whatever the probes meet.
         open_transaction.execute(
             'SELECT dbq_create_job_v1(gen_random_uuid(), \'{"name": "probe"}\'::jsonb)'
         )
+        ends = threading.Timer(4.0, open_transaction.rollback)
+        ends.start()
         thread = threading.Thread(target=auditor, daemon=True)
         thread.start()
         for _ in range(20):
@@ -464,7 +472,7 @@ def audit_reads(pool: Pool) -> None:
             Job.objects.create(name="probe", priority=10)
             ENQUEUE_WAITS.append(time.monotonic() - started)
             time.sleep(0.2)
-        open_transaction.rollback()
+        ends.join()
     stop.set()
     thread.join(30)
 
@@ -547,7 +555,7 @@ SCENARIOS: dict[str, Callable[[int], Result]] = {
     "6": lambda n: run_scenario(
         "6. raise, hang, sys.exit, 5 MB workspaces", n, no_fault, enqueue=enqueue_nasty(n)
     ),
-    # Old workers do not know the saver job; SIGTERM finds them in tasks that save.
+    # Old workers do not know saver_new; SIGTERM finds them in tasks that save.
     "7": lambda n: run_scenario(
         "7. rolling deploy, a new job name, saves",
         n,

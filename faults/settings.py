@@ -18,11 +18,12 @@ JOBS = {
     "steps": ["faults.tasks.step_one", "faults.tasks.step_two", "faults.tasks.step_three"],
     "nasty": ["faults.tasks.nasty"],
     "probe": ["faults.tasks.probe"],
+    "saver": ["faults.tasks.saver"],
 }
 # Scenario 7 deploys a release that adds a job; the workers of the release before
 # it (FAULTS_RELEASE=old) do not know that job.
 if os.environ.get("FAULTS_RELEASE") != "old":
-    JOBS["saver"] = ["faults.tasks.saver"]
+    JOBS["saver_new"] = ["faults.tasks.saver"]
 DBQ_LEASE_SECONDS = float(os.environ.get("DBQ_LEASE_SECONDS", 3))
 DBQ_POLL_SECONDS = 0.5
 LOGGING_CONFIG = None

@@ -54,7 +54,7 @@ def saver(job):
     for step in range(5):
         job.workspace["progress"] = step
         job.save()
-        time.sleep(0.05)
+        time.sleep(0.1)
     _record(job, started)
 
 
