@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
+from django.utils import timezone
 
 from django_dbq.models import Job
 from django_dbq.projections.replay import verify_projection
@@ -300,3 +301,31 @@ def test_audit_reads__run_inside_pgtrigger_ignore(job, mode):
         results = {name: read(when, job) for name, read in READS.items()}
 
     assert results == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_audit_reads__temp_tables_named_like_ours_do_not_stand_in_for_them(mode):
+    changed = Job.objects.create(name="testjob")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('dbq.applying', 'on', true)")
+        cursor.execute("UPDATE django_dbq_job SET priority = 7 WHERE id = %s", [changed.id])
+    with connection.cursor() as cursor:
+        # Code sharing the session hides the drift from the reads, and forges a ledger.
+        cursor.execute("CREATE TEMP TABLE django_dbq_job AS SELECT * FROM public.django_dbq_job")
+        cursor.execute("UPDATE pg_temp.django_dbq_job SET priority = 0")
+        cursor.execute(
+            "CREATE TEMP TABLE django_dbq_jobevent AS SELECT * FROM public.django_dbq_jobevent"
+        )
+        cursor.execute(
+            "UPDATE pg_temp.django_dbq_jobevent SET payload = payload || '{\"priority\": 7}'"
+        )
+    try:
+        with read_in(mode):
+            found = verify_projection()
+            (past,) = Job.objects.filter(pk=changed.pk).as_of(timezone.now())
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE pg_temp.django_dbq_job, pg_temp.django_dbq_jobevent")
+
+    assert [d.describe() for d in found.drift] == [f"job {changed.id}: priority: live=7 replayed=0"]
+    assert past.priority == 0

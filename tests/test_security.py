@@ -560,6 +560,15 @@ PLANTED_ENTRY_POINTS = [
     planted_function("dbq_cancel_jobs_v2", f"uuid[], {VC}", "void"),
     planted_function("dbq_replay_events_scratch_v4", "text, text, bigint", "bigint"),
     planted_function("dbq_replay_copy_scratch_v4", "text, text, bigint", "bigint"),
+    # Closer matches than pg_catalog's for the rows the audit reads aggregate and show.
+    planted_function(
+        "planted_step",
+        "dbq_app.django_dbq_jobevent[], dbq_app.django_dbq_jobevent",
+        "dbq_app.django_dbq_jobevent[]",
+    ),
+    "CREATE AGGREGATE dbq_app.array_agg(dbq_app.django_dbq_jobevent)"
+    " (SFUNC = dbq_app.planted_step, STYPE = dbq_app.django_dbq_jobevent[])",
+    planted_function("to_jsonb", "record", "jsonb"),
 ]
 
 

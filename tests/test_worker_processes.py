@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -309,10 +309,13 @@ def test_crash_loop__a_task_that_always_kills_its_worker_fails_after_its_retries
     errors = [e.payload["error"] for e in history if e.kind in ("retried", "failed")]
     assert {e["type"] for e in errors} == {"django_dbq.exceptions.WorkerLost"}
     assert "attempt 3 of 3" in errors[-1]["message"]
-    # Each retry waited for the job's backoff.
-    retried_at = [e.at for e in history if e.kind == "retried"]
+    # Each retry waited for the job's backoff (0.5 s, constant: not jittered).
+    retried = [e for e in history if e.kind == "retried"]
     claimed_at = [e.at for e in history if e.kind == "claimed"][1:]
-    assert all(c - r >= timedelta(seconds=0.5) for r, c in zip(retried_at, claimed_at, strict=True))
+    for event, claimed in zip(retried, claimed_at, strict=True):
+        run_after = datetime.fromisoformat(event.payload["run_after"])
+        assert abs(run_after - event.at - timedelta(seconds=0.5)) < timedelta(seconds=0.1)
+        assert claimed >= run_after
     assert Job.objects.filter(pk__in=[j.pk for j in fine], state="COMPLETE").count() == 20
     assert "event=worker_lost" in err and "outcome=failed" in err
     assert verify_projection().ok

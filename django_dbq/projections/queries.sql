@@ -14,6 +14,11 @@ SELECT dbq_replay_events_v4(NULL::timestamptz, NULL::uuid[], %(slice_bytes)s::bi
 -- Inside a caller's transaction: whether its statements share one snapshot.
 SELECT current_setting('transaction_isolation') <> 'read committed'
 
+-- The audit reads (scratch_*) run with search_path pinned to pg_catalog, the
+-- app's schema, pg_temp (replay._pin_search_path), and name pg_catalog's
+-- functions that take a row, which an overload in the app's schema could match
+-- more closely.
+
 -- name: scratch_projection
 -- What an audit read rebuilds the projection into: a table of this session
 -- alone with the projection's columns, no index, trigger or foreign key, gone
@@ -40,7 +45,7 @@ WITH live AS (
     INSERT INTO pg_temp.dbq_scratch_live SELECT * FROM django_dbq_job WHERE %(live)s::boolean
 )
 INSERT INTO pg_temp.dbq_scratch_jobevent
-SELECT array_agg(e)
+SELECT pg_catalog.array_agg(e)
 FROM django_dbq_jobevent e
 WHERE (%(until)s::timestamptz IS NULL OR e.at <= %(until)s::timestamptz)
   AND (%(job_ids)s::uuid[] IS NULL OR e.job_id = ANY(%(job_ids)s::uuid[]))
@@ -56,7 +61,7 @@ SELECT dbq_replay_events_scratch_v4(%(until)s::timestamptz, %(job_ids)s::uuid[],
 SELECT dbq_replay_copy_scratch_v4(%(until)s::timestamptz, %(job_ids)s::uuid[], %(slice_bytes)s::bigint)
 
 -- name: scratch_count
-SELECT count(*) FROM pg_temp.dbq_scratch_job
+SELECT pg_catalog.count(*) FROM pg_temp.dbq_scratch_job
 
 -- name: scratch_jobs
 -- The rebuilt rows, in the order of Job.Meta.ordering.
@@ -67,14 +72,14 @@ SELECT * FROM pg_temp.dbq_scratch_job ORDER BY priority DESC, created
 -- Both have the projection's columns in the same order, so the rows compare
 -- column by column with each type's own equality (a row absent on one side is
 -- NULL there); five times faster than comparing them as JSON.
-SELECT count(*)
+SELECT pg_catalog.count(*)
 FROM pg_temp.dbq_scratch_live l
 FULL JOIN pg_temp.dbq_scratch_job r ON r.id = l.id
 WHERE (l.*) IS DISTINCT FROM (r.*)
 
 -- name: scratch_list_drift
 -- The first differing jobs, each as its live row and its rebuilt row (NULL when absent).
-SELECT COALESCE(l.id, r.id) AS id, to_jsonb(l) AS live, to_jsonb(r) AS replayed
+SELECT COALESCE(l.id, r.id) AS id, pg_catalog.to_jsonb(l) AS live, pg_catalog.to_jsonb(r) AS replayed
 FROM pg_temp.dbq_scratch_live l
 FULL JOIN pg_temp.dbq_scratch_job r ON r.id = l.id
 WHERE (l.*) IS DISTINCT FROM (r.*)

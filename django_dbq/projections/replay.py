@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from psycopg import sql as psycopg_sql
 
-from django_dbq.sqlfiles import bind, load_queries
+from django_dbq.exceptions import DbqError
+from django_dbq.sqlfiles import bind, load_queries, schema_of
 
 if TYPE_CHECKING:
     from django_dbq.projections.models import Job
@@ -143,10 +145,33 @@ def _audit_read(using: str) -> Iterator[tuple[Any, bool]]:
         transaction.atomic(using),
         connection.cursor() as cursor,
     ):
+        _pin_search_path(cursor)
         one_snapshot = outermost or _run(cursor, "audit_isolation").fetchone()[0]
         _run(cursor, "scratch_projection")
         yield cursor, one_snapshot
         transaction.set_rollback(True, using)
+
+
+def _pin_search_path(cursor: Any) -> None:
+    """For the read's transaction (or savepoint): pg_catalog, the app's schema, pg_temp last.
+
+    So that what the read names resolves as the replay functions' own names do:
+    no TEMP table of the session stands in for a table of the app's schema, and
+    no operator planted in that schema for the types of pg_catalog's is used (the
+    queries name pg_catalog's functions whose arguments such a plant could match
+    more closely).
+    """
+    schema = schema_of(cursor)
+    if schema.startswith("pg_temp"):
+        raise DbqError(
+            f"The connection's current schema is {schema}, a temporary one; set its "
+            "search_path to the schema that holds the django_dbq tables."
+        )
+    path = psycopg_sql.SQL("pg_catalog, {}, pg_temp").format(psycopg_sql.Identifier(schema))
+    cursor.execute(
+        "SELECT pg_catalog.set_config('search_path', %s, true)",
+        [path.as_string(cursor.connection)],
+    )
 
 
 @contextmanager
