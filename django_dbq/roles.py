@@ -52,7 +52,7 @@ WORKER_FUNCTIONS = (
     "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
     "dbq_expire_leases_v2(text, integer)",
 )
-RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v2(timestamptz)",)
+RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v3(timestamptz)",)
 # The audit reads (projections/scratch.py) and the pure functions the fold calls;
 # all run with the caller's rights and write only the caller's TEMP tables.
 AUDIT_FUNCTIONS = (

@@ -547,3 +547,30 @@ def test_verify_and_as_of__work_while_a_foreign_key_references_the_projection():
     with connection.cursor() as cursor:
         cursor.execute("SELECT job_id FROM user_invoice")
         assert cursor.fetchall() == [(job.id,)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delete_old_jobs__keeps_jobs_a_user_table_still_references():
+    kept, gone = Job.objects.create(name="testjob"), Job.objects.create(name="testjob")
+    for job in (kept, gone):
+        job.state = Job.STATES.COMPLETE
+        job.save()
+    with connection.cursor() as cursor:
+        # A user model's ForeignKey to Job, as Django makes it (checked at commit).
+        cursor.execute(
+            "CREATE TABLE invoice (id serial PRIMARY KEY,"
+            " job_id uuid REFERENCES django_dbq_job (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        cursor.execute("INSERT INTO invoice (job_id) VALUES (%s)", [kept.pk])
+    try:
+        # The cutoff an hour ahead: both jobs are old enough.
+        assert Job.objects.delete_old(hours=-1) == 1
+        assert list(Job.objects.values_list("pk", flat=True)) == [kept.pk]
+        assert kept.events.count() == 2
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM invoice")
+        assert Job.objects.delete_old(hours=-1) == 1
+        assert not Job.objects.exists()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS invoice")

@@ -90,7 +90,7 @@ def test_worker_role__cannot_rewrite_history_or_the_projection(roles):
         refused(conn, "UPDATE django_dbq_job SET state = 'COMPLETE'")
         conn.execute("SET pgtrigger.ignore = '{pgtrigger_protect_projection_fb050}'")
         refused(conn, "UPDATE django_dbq_job SET state = 'COMPLETE'")
-        refused(conn, "SELECT dbq_delete_old_jobs_v2(now())")
+        refused(conn, "SELECT dbq_delete_old_jobs_v3(now())")
         refused(conn, "SELECT dbq_replay_events_v4()")
         refused(conn, "SELECT dbq_fold_events_v1(ARRAY[]::django_dbq_jobevent[])")
         refused(conn, "SELECT * FROM dbq_update_jobs_v1('[]')")

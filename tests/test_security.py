@@ -287,7 +287,7 @@ def test_app__cannot_claim_record_outcomes_or_delete(owned, owner):
             conn, "SELECT * FROM dbq_claim_jobs_v2('default', 1, 'w', %s, 'h', 1, 30)", ["k" * 64]
         )
         refused(conn, "SELECT * FROM dbq_record_outcomes_v1(%s, '[]')", ["k" * 64])
-        refused(conn, "SELECT dbq_delete_old_jobs_v2(now())")
+        refused(conn, "SELECT dbq_delete_old_jobs_v3(now())")
         refused(conn, "SELECT dbq_replay_events_v4()")
     assert events(owner, job_id) == ["created"]
 
@@ -426,7 +426,7 @@ def test_temp_shadow_tables__do_not_steer_retention(owned, owner):
         )
         conn.execute("UPDATE pg_temp.django_dbq_job SET state = 'COMPLETE', created = '2000-01-01'")
         conn.execute("SET search_path = pg_temp, dbq_app")
-        conn.execute("SELECT dbq_app.dbq_delete_old_jobs_v2(now() - interval '1 day')")
+        conn.execute("SELECT dbq_app.dbq_delete_old_jobs_v3(now() - interval '1 day')")
     assert job_row(owner, waiting)[0] == "NEW"
     assert events(owner, waiting) == ["created"]
 
@@ -556,7 +556,7 @@ PLANTED_ENTRY_POINTS = [
     planted_function("dbq_expire_leases_v3", "text, smallint, text", "void"),
     planted_function("dbq_replay_events_v4", "text, text, integer", "bigint"),
     planted_function("dbq_replay_events_v4", "text, text, bigint", "bigint"),
-    planted_function("dbq_delete_old_jobs_v2", "text", "bigint"),
+    planted_function("dbq_delete_old_jobs_v3", "text", "bigint"),
     planted_function("dbq_cancel_jobs_v2", f"uuid[], {VC}", "void"),
     planted_function("dbq_replay_events_scratch_v4", "text, text, bigint", "bigint"),
     planted_function("dbq_replay_copy_scratch_v4", "text, text, bigint", "bigint"),
@@ -678,7 +678,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_claim_jobs_v3": ["worker"],
         "dbq_create_job_v1": ["app", "worker"],
         "dbq_create_jobs_v1": ["app", "worker"],
-        "dbq_delete_old_jobs_v2": ["maintenance"],
+        "dbq_delete_old_jobs_v3": ["maintenance"],
         "dbq_expire_leases_v2": ["worker"],
         "dbq_expire_leases_v3": ["worker"],
         "dbq_record_and_claim_v1": ["worker"],

@@ -131,10 +131,12 @@ SUPERSEDED_BY_0008 = (
     "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",
     "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
     "dbq_expire_leases_v2(text, integer)",
+    # And by 0010, the retention function (a maintenance role's).
+    "dbq_delete_old_jobs_v2(timestamptz)",
 )
 
 
-def test_upgrade__to_0008_gives_a_worker_role_the_new_functions_of_the_old_ones(old_database):
+def test_upgrade__to_0008_and_0010_gives_old_roles_the_functions_that_succeed_theirs(old_database):
     assert manage(old_database, "migrate", "django_dbq", "0007").returncode == 0
     role = f"dbq_t_old_worker_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(old_database, autocommit=True) as conn:
@@ -153,6 +155,10 @@ def test_upgrade__to_0008_gives_a_worker_role_the_new_functions_of_the_old_ones(
             "dbq_claim_jobs_v3(text, integer, text, text, text, integer, float8, text[])",
         )
         assert not may_execute(old_database, "public", new)
+        assert may_execute(old_database, role, "dbq_delete_old_jobs_v3(timestamptz)")
+        assert rows(old_database, "SELECT to_regproc('dbq_delete_old_jobs_v2') IS NULL") == [
+            (True,)
+        ]
 
         back = manage(old_database, "migrate", "django_dbq", "0007")
         assert back.returncode == 0, back.stderr

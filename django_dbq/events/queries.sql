@@ -43,7 +43,7 @@ RETURNING job_id, version, extract(epoch FROM at)::float8
 
 -- name: events_delete_old_jobs
 -- The retention path: whole histories of finished jobs created before a time.
-SELECT dbq_delete_old_jobs_v2(%(created_before)s::timestamptz)
+SELECT dbq_delete_old_jobs_v3(%(created_before)s::timestamptz)
 
 -- name: jobs_cancel
 -- Cancel jobs: waiting ones at once, running ones after their current task.

@@ -1,5 +1,5 @@
 -- The ledger's guard and the application's ways into the ledger: enqueue, save
--- and retention. What is installed now (migration 0007); @schema@ and the
+-- and retention. What is installed now (migration 0010); @schema@ and the
 -- search_path rule are explained at the top of projections/sql/apply.sql.
 --
 -- No role but the tables' owner holds a write right on django_dbq_jobevent:
@@ -204,29 +204,52 @@ END
 $$;
 
 
--- dbq_delete_old_jobs_v2: the ledger's retention path. Removes the whole history
+-- dbq_delete_old_jobs_v3: the ledger's retention path. Removes the whole history
 -- of every finished job (COMPLETE, FAILED or CANCELLED) created before
 -- `created_before`, then its projection row, and returns how many jobs went. It
 -- is the only function that opens the ledger's guard (dbq.retention). Granted to
--- the maintenance role only.
-CREATE OR REPLACE FUNCTION @schema@.dbq_delete_old_jobs_v2(created_before timestamptz)
+-- the maintenance role only. A job that a row of another table still references
+-- through a foreign key (a user model's ForeignKey to Job) is kept, with its
+-- history, until that row lets go of it: deleting it would fail the whole
+-- statement at commit (Django's foreign keys are checked then), and with it
+-- every later run. (A row that comes to reference a doomed job while this runs
+-- still fails this run; the next one keeps that job.)
+CREATE OR REPLACE FUNCTION @schema@.dbq_delete_old_jobs_v3(created_before timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deleted bigint;
+    kept text := '';
+    reference record;
 BEGIN
+    -- One test per single-column foreign key to the projection; regclass text
+    -- is schema-qualified (the search_path holds no schema of ours) and quoted.
+    FOR reference IN
+        SELECT c.conrelid::regclass::text AS referencing, a.attname AS referencing_column
+        FROM pg_constraint c
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE c.confrelid = '@schema@.django_dbq_job'::regclass AND c.contype = 'f'
+          AND cardinality(c.conkey) = 1
+        ORDER BY 1, 2
+    LOOP
+        kept := kept || format(
+            ' AND NOT EXISTS (SELECT FROM %s r WHERE r.%I = j.id)',
+            reference.referencing, reference.referencing_column);
+    END LOOP;
     PERFORM set_config('dbq.retention', 'on', true);
     PERFORM set_config('dbq.applying', 'on', true);
     -- Locking the rows first keeps a job from being requeued by a concurrent
     -- transaction between the choice and the delete.
-    WITH doomed AS (
-        SELECT id FROM @schema@.django_dbq_job
-        WHERE state IN ('COMPLETE', 'FAILED', 'CANCELLED') AND created < created_before
-        FOR UPDATE
-    ), history AS (
-        DELETE FROM @schema@.django_dbq_jobevent WHERE job_id IN (SELECT id FROM doomed)
-    )
-    DELETE FROM @schema@.django_dbq_job WHERE id IN (SELECT id FROM doomed);
+    EXECUTE format($sql$
+        WITH doomed AS (
+            SELECT j.id FROM @schema@.django_dbq_job j
+            WHERE j.state IN ('COMPLETE', 'FAILED', 'CANCELLED') AND j.created < $1 %s
+            FOR UPDATE OF j
+        ), history AS (
+            DELETE FROM @schema@.django_dbq_jobevent WHERE job_id IN (SELECT id FROM doomed)
+        )
+        DELETE FROM @schema@.django_dbq_job WHERE id IN (SELECT id FROM doomed)
+    $sql$, kept) USING created_before;
     GET DIAGNOSTICS deleted = ROW_COUNT;
     PERFORM set_config('dbq.retention', '', true);
     PERFORM set_config('dbq.applying', '', true);
