@@ -16,15 +16,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
 
 
 def setup(fresh: bool = True) -> None:
-    """Start Django on a new, migrated dbq_bench database."""
+    """Start Django on a new, migrated benchmark database (dbq_bench by default)."""
     import django
     import psycopg
     from django.conf import settings
+    from psycopg import sql
 
     if fresh:
+        name = sql.Identifier(settings.DATABASES["default"]["NAME"])
         with psycopg.connect(settings.SERVER_URL, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS dbq_bench WITH (FORCE)")
-            conn.execute("CREATE DATABASE dbq_bench")
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
     django.setup()
     from django.core.management import call_command
 
