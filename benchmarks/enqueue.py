@@ -131,10 +131,12 @@ def dbq_drop() -> None:
     import psycopg
     from django.conf import settings
     from django.db import connection
+    from psycopg import sql
 
     connection.close()
     with psycopg.connect(settings.SERVER_URL, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS dbq_bench_enq WITH (FORCE)")
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(DBQ_DATABASE)))
 
 
 # PgQueuer, in a child process with its own interpreter (--pgqueuer-side).
@@ -202,7 +204,7 @@ def run_pgq(args: argparse.Namespace, action: str) -> Any:
     command += ["--one-by-one", str(args.one_by_one), "--bulk-jobs", str(args.bulk_jobs)]
     command += ["--sizes", ",".join(map(str, args.sizes))]
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(out)
+    return json.loads(out.splitlines()[-1])  # the last line, whatever else was printed
 
 
 # The run.
@@ -223,7 +225,7 @@ def report(
     )
     print(f"  {'measurement':<44} {'django-dbq':>26} {'PgQueuer':>26} {'ratio':>6}")
     for key, values in dbq.items():
-        label = LABELS.get(key, f"bulk, {int(key[5:]):,} per call")
+        label = LABELS[key] if key in LABELS else f"bulk, {int(key[5:]):,} per call"
         mine, theirs = summary(values), summary(pgq[key]) if key in pgq else None
         rows[key] = {"django_dbq": mine, "pgqueuer": theirs}
         line = f"  {label:<44} {spread(mine):>26}"
