@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pgtrigger
-from django.db import models, router
+from django.db import DatabaseError, models, router
 from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -15,6 +16,8 @@ from django.utils.module_loading import import_string
 from django_dbq import tasks
 from django_dbq.exceptions import ProjectionWriteError
 from django_dbq.triggers import SqlFunctionTrigger
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DELETE_JOBS_AFTER_HOURS = 24
 
@@ -77,6 +80,36 @@ class JobQuerySet(models.QuerySet):
 
         ids = None if not self.query.where else list(self.values_list("id", flat=True))
         return projection_as_of(when, ids, using=self.db)
+
+    def to_process(self, queue_name: str) -> JobQuerySet:
+        """django-db-queue 3.3's jobs ready to run now in a queue, locked FOR UPDATE.
+
+        A read: it claims nothing (workers claim by appending `claimed` events),
+        so a loop that runs what it returns runs beside the workers, not with them.
+        Locking needs a transaction, and UPDATE rights on the projection (the
+        tables' owner; not the worker or app roles).
+        """
+        return self.select_for_update().filter(
+            Q(queue_name=queue_name)
+            & Q(state__in=(Job.STATES.READY, Job.STATES.NEW))
+            & (Q(run_after__isnull=True) | Q(run_after__lte=timezone.now()))
+        )
+
+    def get_ready_or_none(self, queue_name: str, max_retries: int = 3) -> Job | None:
+        """django-db-queue 3.3's first job ready in a queue (or None), retried on errors."""
+        retries_left = max_retries
+        while True:
+            try:
+                return self.to_process(queue_name).first()
+            except DatabaseError as error:
+                if retries_left == 0:
+                    raise
+                retries_left -= 1
+                logger.warning(
+                    "Caught %s when looking for a READY job, retrying %s more times",
+                    error,
+                    retries_left,
+                )
 
     def delete_old(self, hours: int | None = None) -> int:
         """Remove COMPLETE and FAILED jobs created more than `hours` (default 24) ago, with their history."""
@@ -227,11 +260,42 @@ class Job(models.Model):
         """Advance next_task in memory to the task after the current one ('' after the last)."""
         self.next_task = tasks.get_next_task_name(self.name, self.next_task) or ""
 
+    # django-db-queue 3.3's task and hook methods, for custom loops and tests that
+    # call them; the worker itself runs tasks and hooks through django_dbq.runner.
+
+    def run_next_task(self) -> None:
+        """Call the job's next task with this job."""
+        import_string(self.next_task)(self)
+
+    def get_pre_task_hook_name(self) -> str | None:
+        return tasks.get_pre_task_hook_name(self.name)
+
+    def get_post_task_hook_name(self) -> str | None:
+        return tasks.get_post_task_hook_name(self.name)
+
     def get_failure_hook_name(self) -> str | None:
         return tasks.get_failure_hook_name(self.name)
 
     def get_creation_hook_name(self) -> str | None:
         return tasks.get_creation_hook_name(self.name)
+
+    def run_pre_task_hook(self) -> None:
+        """Call the job's pre-task hook, if it has one, with this job."""
+        hook_name = self.get_pre_task_hook_name()
+        if hook_name:
+            import_string(hook_name)(self)
+
+    def run_post_task_hook(self) -> None:
+        """Call the job's post-task hook, if it has one, with this job."""
+        hook_name = self.get_post_task_hook_name()
+        if hook_name:
+            import_string(hook_name)(self)
+
+    def run_failure_hook(self, exception: BaseException) -> None:
+        """Call the job's failure hook, if it has one, with this job and the exception."""
+        hook_name = self.get_failure_hook_name()
+        if hook_name:
+            import_string(hook_name)(self, exception)
 
     def run_creation_hook(self) -> None:
         """Call the job's creation hook, if it has one, with this job."""
