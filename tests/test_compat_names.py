@@ -66,3 +66,22 @@ def test_hook_methods__do_nothing_for_a_job_without_hooks():
     job.run_failure_hook(ValueError("x"))
 
     assert job.get_pre_task_hook_name() is None and test_jobs.CALLS == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delete_old__removes_old_stopping_jobs_no_worker_holds_as_3_3_did():
+    import time
+
+    from django_dbq.events.claims import append_held, claim_jobs, new_worker_key
+
+    abandoned, running = Job.objects.create(name="testjob"), Job.objects.create(name="testjob")
+    for job, lease in ((abandoned, 1), (running, 30)):
+        key = new_worker_key()
+        claim_jobs("default", 1, "w", key, "h", 1, lease)
+        assert append_held(key, [(job.pk, "stopping", "{}")]) == {job.pk}
+    time.sleep(1.05)
+
+    assert Job.objects.delete_old(hours=-1) == 1
+
+    assert list(Job.objects.values_list("pk", flat=True)) == [running.pk]
+    assert not abandoned.events.exists()

@@ -112,7 +112,7 @@ class JobQuerySet(models.QuerySet):
                 )
 
     def delete_old(self, hours: int | None = None) -> int:
-        """Remove COMPLETE and FAILED jobs created more than `hours` (default 24) ago, with their history."""
+        """Remove finished jobs (and STOPPING ones no worker holds) created more than `hours` ago (default 24), with their history."""
         from django_dbq.events.append import delete_old_jobs
 
         hours = DEFAULT_DELETE_JOBS_AFTER_HOURS if hours is None else hours

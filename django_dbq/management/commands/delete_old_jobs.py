@@ -8,7 +8,10 @@ from django_dbq.models import Job
 
 
 class Command(BaseCommand):
-    help = "Delete COMPLETE and FAILED jobs, with their whole history, created over N hours ago."
+    help = (
+        "Delete COMPLETE, FAILED and CANCELLED jobs (and STOPPING ones no worker holds), with"
+        " their whole history, created over N hours ago."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(

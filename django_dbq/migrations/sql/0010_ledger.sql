@@ -206,7 +206,9 @@ $$;
 
 -- dbq_delete_old_jobs_v3: the ledger's retention path. Removes the whole history
 -- of every finished job (COMPLETE, FAILED or CANCELLED) created before
--- `created_before`, then its projection row, and returns how many jobs went. It
+-- `created_before`, and of every STOPPING one no live lease holds (as
+-- django-db-queue 3.3 removed old STOPPING jobs; one a worker still runs is
+-- kept), then its projection row, and returns how many jobs went. It
 -- is the only function that opens the ledger's guard (dbq.retention). Granted to
 -- the maintenance role only. A job that a row of another table still references
 -- through a foreign key (a user model's ForeignKey to Job) is kept, with its
@@ -243,7 +245,9 @@ BEGIN
     EXECUTE format($sql$
         WITH doomed AS (
             SELECT j.id FROM @schema@.django_dbq_job j
-            WHERE j.state IN ('COMPLETE', 'FAILED', 'CANCELLED') AND j.created < $1 %s
+            WHERE (j.state IN ('COMPLETE', 'FAILED', 'CANCELLED')
+                   OR (j.state = 'STOPPING' AND (j.lease_until IS NULL OR j.lease_until < now())))
+              AND j.created < $1 %s
             FOR UPDATE OF j
         ), history AS (
             DELETE FROM @schema@.django_dbq_jobevent WHERE job_id IN (SELECT id FROM doomed)
