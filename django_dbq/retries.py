@@ -39,13 +39,18 @@ DEFAULT_MAX_DELAY = 3600.0
 def retry_delay(config: dict[str, Any], attempt: int, job: Any) -> float:
     """Seconds to wait before retry number `attempt` (1 for the first retry)."""
     backoff = config.get("retry_backoff", "exponential")
-    delay = float(config.get("retry_delay", DEFAULT_DELAY))
     if backoff == "constant":
-        return delay
+        return float(config.get("retry_delay", DEFAULT_DELAY))
     if backoff == "exponential":
-        ceiling = float(config.get("retry_max_delay", DEFAULT_MAX_DELAY))
-        return min(delay * 2 ** (attempt - 1), ceiling) * random.uniform(0.5, 1.5)
+        return _exponential(config, attempt) * random.uniform(0.5, 1.5)
     return float(import_string(backoff)(job, attempt))
+
+
+def _exponential(config: dict[str, Any], attempt: int) -> float:
+    """The exponential wait before retry `attempt`, capped, before its jitter."""
+    delay = float(config.get("retry_delay", DEFAULT_DELAY))
+    ceiling = float(config.get("retry_max_delay", DEFAULT_MAX_DELAY))
+    return min(delay * 2 ** min(attempt - 1, 64), ceiling)
 
 
 _lost_rules: dict[str, dict[str, Any]] | None = None
@@ -82,10 +87,7 @@ def _lost_rule(name: str, config: dict[str, Any], limit: int) -> dict[str, Any]:
     try:
         for attempt in range(1, min(limit, LISTED_DELAYS) + 1):
             if backoff == "exponential":
-                # Unjittered: the database jitters each wait.
-                base = float(config.get("retry_delay", DEFAULT_DELAY))
-                ceiling = float(config.get("retry_max_delay", DEFAULT_MAX_DELAY))
-                delay = min(base * 2 ** min(attempt - 1, 64), ceiling)
+                delay = _exponential(config, attempt)  # the database jitters each wait
             else:
                 # No job to hand a backoff function: the rule holds for every job of the name.
                 delay = retry_delay(config, attempt, None)

@@ -113,6 +113,28 @@ def revoke_statements(cursor: Any) -> list[sql.Composable]:
     return statements
 
 
+# Roles other than the function's owner that may execute it (PUBLIC may not).
+_FUNCTION_GRANTEES = """
+SELECT r.rolname
+FROM pg_catalog.pg_proc p, LATERAL aclexplode(p.proacl) a
+JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+WHERE p.oid = %s::regprocedure AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+"""
+
+
+def grant_like(cursor: Any, old: str, new: str) -> None:
+    """GRANT EXECUTE on function `new` to every role (but its owner) that may execute `old`.
+
+    For migrations that supersede a function: its callers keep their rights
+    without a new ledger_grants. Both are signatures, e.g. 'f_v2(text, integer)'.
+    """
+    cursor.execute(_FUNCTION_GRANTEES, [old])
+    for (role,) in cursor.fetchall():
+        cursor.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(new), sql.Identifier(role))
+        )
+
+
 def _role_name(cursor: Any, oid: int) -> str:
     cursor.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE oid = %s", [oid])
     return cursor.fetchone()[0]

@@ -130,10 +130,7 @@ def run_task(job: Job, worker: str) -> Outcome:
             _run_hook(plan.post_task_hook, "post-task hook", job)
     duration = time.perf_counter() - started
     outcome = _outcome(job, task, worker, duration, error, retry_at)
-    if after is not None and outcome.kind == "failed":
-        outcome.after = after
-    elif after is not None:
-        after(False)
+    outcome.after = after  # set only for a failure, which _outcome records as `failed`
     return outcome
 
 

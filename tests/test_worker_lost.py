@@ -1,5 +1,6 @@
 """A lost worker's job counts an attempt: the database's side (dbq_expire_leases_v3)."""
 
+import os
 import time
 from datetime import timedelta
 
@@ -209,3 +210,27 @@ def test_lost_worker__any_retry_setting_gives_rules_the_database_takes(settings,
     job = Job.objects.create(name="odd")
     lose()
     assert expire_leases("reaper") == [(job.pk, "retried")]
+
+
+def test_lost_worker__a_batch_with_a_job_locked_elsewhere_waits_without_making_expiry_wait():
+    import psycopg
+
+    from django_dbq.testing import with_database
+
+    Job.objects.bulk_create([Job(name="testjob") for _ in range(3)])
+    order = lose(limit=3)
+    url = with_database(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])
+    with psycopg.connect(url) as other:
+        # An open transaction holding the row of the batch's first job (an
+        # application's save of a running job, say) until it ends.
+        other.execute("SELECT 1 FROM django_dbq_job WHERE id = %s FOR UPDATE", [order[0]])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '300ms'")
+        try:
+            assert expire_leases("reaper", rules=AT_ONCE) == []
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+    # Once it is free, the batch is judged whole: one attempt, for its first job.
+    expired = dict(expire_leases("reaper", rules=AT_ONCE))
+    assert expired == {order[0]: "retried", order[1]: "lease_expired", order[2]: "lease_expired"}

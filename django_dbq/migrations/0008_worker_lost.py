@@ -13,6 +13,7 @@ functions stay for workers of the previous release during a rolling deploy.
 
 from django.db import migrations
 
+from django_dbq.roles import grant_like
 from django_dbq.sqlfiles import install_sql
 
 SUCCESSORS = {
@@ -25,14 +26,6 @@ SUCCESSORS = {
     "dbq_expire_leases_v2(text, integer)": "dbq_expire_leases_v3(text, integer, jsonb)",
 }
 
-# Roles other than the function's owner that may execute it (PUBLIC may not).
-_GRANTEES = """
-SELECT r.rolname
-FROM pg_catalog.pg_proc p, LATERAL aclexplode(p.proacl) a
-JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-WHERE p.oid = %s::regprocedure AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
-"""
-
 
 def install_functions(apps, schema_editor):
     # install_sql revokes EXECUTE from PUBLIC on every function it creates.
@@ -42,10 +35,7 @@ def install_functions(apps, schema_editor):
 def grant_successors(apps, schema_editor):
     with schema_editor.connection.cursor() as cursor:
         for old, new in SUCCESSORS.items():
-            cursor.execute(_GRANTEES, [old])
-            for (role,) in cursor.fetchall():
-                quoted = schema_editor.quote_name(role)
-                cursor.execute(f"GRANT EXECUTE ON FUNCTION {new} TO {quoted}")
+            grant_like(cursor, old, new)
 
 
 def drop_successors(apps, schema_editor):

@@ -9,25 +9,16 @@ runs through a deploy).
 
 from django.db import migrations
 
+from django_dbq.roles import grant_like
 from django_dbq.sqlfiles import install_sql
 
 OLD = "dbq_delete_old_jobs_v2(timestamptz)"
 NEW = "dbq_delete_old_jobs_v3(timestamptz)"
 
-# Roles other than the function's owner that may execute it (PUBLIC may not).
-_GRANTEES = """
-SELECT r.rolname
-FROM pg_catalog.pg_proc p, LATERAL aclexplode(p.proacl) a
-JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-WHERE p.oid = %s::regprocedure AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
-"""
-
 
 def _move_grants(schema_editor, old, new):
     with schema_editor.connection.cursor() as cursor:
-        cursor.execute(_GRANTEES, [old])
-        for (role,) in cursor.fetchall():
-            cursor.execute(f"GRANT EXECUTE ON FUNCTION {new} TO {schema_editor.quote_name(role)}")
+        grant_like(cursor, old, new)
 
 
 def forward(apps, schema_editor):

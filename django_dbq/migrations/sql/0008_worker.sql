@@ -377,9 +377,10 @@ $$;
 -- a job claimed by a worker of the previous release (no position) while others
 -- of its batch lapsed too, and a job without a key (imported or created as
 -- PROCESSING). A worker's lapsed jobs are taken together, up to `max_jobs`
--- workers' at a time (and the jobs without a key), and waited for rather than
--- skipped when another statement holds one, so that one batch is judged once,
--- as a whole, whichever worker notices it. `rules` is {job name: {"limit": n,
+-- workers' at a time (and the jobs without a key), and a batch of which
+-- another statement holds a job is left for a later call rather than waited
+-- for, so that one batch is judged once, as a whole, whichever worker notices
+-- it, and no heartbeat waits on a lock. `rules` is {job name: {"limit": n,
 -- "delays": [seconds before attempt 1, 2, ...]}} from the noticing worker's
 -- settings.JOBS, with "jitter": false for a job whose backoff is not random;
 -- past its list, or for a name it does not know (limit 1), the wait is
@@ -400,16 +401,40 @@ BEGIN
         WHERE j.state IN ('PROCESSING', 'STOPPING')
           AND (j.lease_until < now() OR j.lease_until IS NULL)
         LIMIT max_jobs
-    ), lapsed AS (
-        SELECT j.id, j.version, j.claimed_by, j.lease_until, j.lease_key, j.state, j.name,
-               j.attempts
+    ), seen AS (
+        -- The lapsed jobs of those keys, as this statement's snapshot has them.
+        SELECT j.id, j.lease_key
         FROM @schema@.django_dbq_job j
         WHERE j.state IN ('PROCESSING', 'STOPPING')
           AND (j.lease_until < now() OR j.lease_until IS NULL)
           AND (j.lease_key IN (SELECT k.lease_key FROM lost_keys k)
                OR (j.lease_key IS NULL AND EXISTS (SELECT FROM lost_keys k WHERE k.lease_key IS NULL)))
+    ), locked AS (
+        -- Skipping what another statement holds: a heartbeat never waits here
+        -- (behind an application's open transaction that saved a running job,
+        -- it would stop renewing its own worker's leases).
+        SELECT j.id, j.version, j.claimed_by, j.lease_until, j.lease_key, j.state, j.name,
+               j.attempts
+        FROM @schema@.django_dbq_job j
+        WHERE j.id IN (SELECT s.id FROM seen s)
+          AND j.state IN ('PROCESSING', 'STOPPING')
+          AND (j.lease_until < now() OR j.lease_until IS NULL)
         ORDER BY j.id
-        FOR UPDATE
+        FOR UPDATE SKIP LOCKED
+    ), whole AS (
+        -- The keys all of whose lapsed jobs this statement holds; a batch with a
+        -- job held elsewhere (by another noticing worker, say) waits for a later
+        -- call, so that it is judged once, as a whole.
+        SELECT s.lease_key
+        FROM seen s
+        LEFT JOIN locked l ON l.id = s.id
+        WHERE s.lease_key IS NOT NULL
+        GROUP BY s.lease_key
+        HAVING count(l.id) = count(*)
+    ), lapsed AS (
+        SELECT l.*
+        FROM locked l
+        WHERE l.lease_key IS NULL OR l.lease_key IN (SELECT w.lease_key FROM whole w)
     ), placed AS (
         SELECT l.*, c.position,
                count(*) OVER (PARTITION BY l.lease_key) AS lost_together,
