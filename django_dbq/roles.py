@@ -28,12 +28,17 @@ from psycopg import sql
 TABLES = ("django_dbq_job", "django_dbq_jobevent")
 SEQUENCE = "django_dbq_jobevent_id_seq"
 APP_FUNCTIONS = (
-    "dbq_create_job_v1(uuid, jsonb)",
-    "dbq_create_jobs_v1(jsonb)",
-    "dbq_update_jobs_v1(jsonb)",
+    "dbq_create_job_v2(uuid, jsonb)",
+    "dbq_create_jobs_v2(jsonb)",
+    "dbq_update_jobs_v2(jsonb)",
     "dbq_cancel_jobs_v2(uuid[], text)",
     "dbq_requeue_jobs_v2(uuid[], text)",
     "dbq_release_jobs_v1(uuid[], text)",
+    # Superseded by migration 0011, kept for the previous release's processes
+    # while a rolling deploy replaces them.
+    "dbq_create_job_v1(uuid, jsonb)",
+    "dbq_create_jobs_v1(jsonb)",
+    "dbq_update_jobs_v1(jsonb)",
 )
 WORKER_FUNCTIONS = (
     "dbq_claim_jobs_v3(text, integer, text, text, text, integer, float8, text[])",
@@ -42,12 +47,15 @@ WORKER_FUNCTIONS = (
     "dbq_renew_leases_v2(text, uuid[], float8)",
     "dbq_expire_leases_v3(text, integer, jsonb)",
     # A task saves the job it runs (job.save()), proved by the worker's key.
-    "dbq_save_held_v1(text, jsonb)",
+    "dbq_save_held_v2(text, jsonb)",
     # A task may enqueue more jobs.
+    "dbq_create_job_v2(uuid, jsonb)",
+    "dbq_create_jobs_v2(jsonb)",
+    # Superseded by migrations 0008 and 0011, kept for workers of the previous
+    # release while a rolling deploy replaces them.
+    "dbq_save_held_v1(text, jsonb)",
     "dbq_create_job_v1(uuid, jsonb)",
     "dbq_create_jobs_v1(jsonb)",
-    # Superseded by migration 0008, kept for workers of the previous release
-    # while a rolling deploy replaces them.
     "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",
     "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
     "dbq_expire_leases_v2(text, integer)",
@@ -56,9 +64,9 @@ RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v3(timestamptz)",)
 # The audit reads (projections/scratch.py) and the pure functions the fold calls;
 # all run with the caller's rights and write only the caller's TEMP tables.
 AUDIT_FUNCTIONS = (
-    "dbq_replay_events_scratch_v4(timestamptz, uuid[], bigint)",
-    "dbq_replay_copy_scratch_v4(timestamptz, uuid[], bigint)",
-    "dbq_fold_events_scratch_v1(django_dbq_jobevent[])",
+    "dbq_replay_events_scratch_v5(timestamptz, uuid[], bigint)",
+    "dbq_replay_copy_scratch_v5(timestamptz, uuid[], bigint)",
+    "dbq_fold_events_scratch_v2(django_dbq_jobevent[])",
     "dbq_refuse_events_scratch_v2(django_dbq_jobevent[])",
     "dbq_next_state_v2(text, text, jsonb, boolean)",
     "dbq_event_is_illegal_v2(text, integer, jsonb, boolean, text, integer, boolean)",

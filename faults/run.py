@@ -461,7 +461,7 @@ def audit_reads(pool: Pool) -> None:
         # An ordinary request that enqueued a job and has not committed yet; it
         # ends after 4 s whatever the probes meet.
         open_transaction.execute(
-            'SELECT dbq_create_job_v1(gen_random_uuid(), \'{"name": "probe"}\'::jsonb)'
+            'SELECT dbq_create_job_v2(gen_random_uuid(), \'{"name": "probe"}\'::jsonb)'
         )
         ends = threading.Timer(4.0, open_transaction.rollback)
         ends.start()

@@ -63,7 +63,7 @@ def application() -> None:
     assert f"default={len(few) + 1}" in depths and f"bulk={len(many)}" in depths, depths
     Job.objects.filter(queue_name="bulk").cancel("done with them")
     return_connection()
-    deleted = command("delete_old_jobs", hours=0)
+    deleted = command("delete_old_jobs", hours=0, verbosity=2)
     assert f"Deleted old jobs ({len(many)})" in deleted, deleted
     assert Job.objects.count() == len(few) + 1
 

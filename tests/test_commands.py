@@ -47,6 +47,9 @@ def test_queue_depth__can_leave_out_future_jobs():
 
     assert run("queue_depth") == "event=queue_depths default=3"
     assert run("queue_depth", "--exclude_future_jobs") == "event=queue_depths default=2"
+    # django-db-queue's flag took a value.
+    assert run("queue_depth", "--exclude_future_jobs", "True") == "event=queue_depths default=2"
+    assert run("queue_depth", "--exclude_future_jobs", "false") == "event=queue_depths default=3"
 
 
 def test_get_queue_depths__counts_waiting_jobs_per_queue():
@@ -66,7 +69,7 @@ def test_delete_old_jobs__removes_old_finished_jobs_with_their_history(count_row
     recent = JobFactory(state="COMPLETE")
 
     # A negative age puts the cutoff an hour ahead, so every job counts as old.
-    assert run("delete_old_jobs", "--hours", "-1") == "Deleted old jobs (3)"
+    assert run("delete_old_jobs", "--hours", "-1", "-v", "2") == "Deleted old jobs (3)"
     assert set(Job.objects.values_list("id", flat=True)) == {waiting.id, running.id}
     assert not JobEvent.objects.filter(job_id__in=[done.id, failed.id, recent.id]).exists()
     assert count_rows("django_dbq_jobevent") == 3
@@ -75,8 +78,8 @@ def test_delete_old_jobs__removes_old_finished_jobs_with_their_history(count_row
 def test_delete_old_jobs__keeps_jobs_younger_than_the_cutoff():
     JobFactory(state="COMPLETE")
 
-    assert run("delete_old_jobs") == "Deleted old jobs (0)"
-    assert run("delete_old_jobs", "--hours", "1") == "Deleted old jobs (0)"
+    assert run("delete_old_jobs") == "Deleted old jobs"
+    assert run("delete_old_jobs", "--hours", "1", "--verbosity", "2") == "Deleted old jobs (0)"
     assert Job.objects.count() == 1
 
 

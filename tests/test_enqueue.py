@@ -171,7 +171,7 @@ def test_create__unknown_name_names_the_known_jobs_and_writes_nothing(count_rows
         ({"run_after": "tomorrow"}, "must be a datetime"),
         ({"queue_name": "q" * 21}, "at most 20"),
         ({"queue_name": "x'; DROP TABLE django_dbq_job; --" * 30}, "at most 20"),
-        ({"state": Job.STATES.PROCESSING}, "cannot be created in state"),
+        ({"state": Job.STATES.CANCELLED}, "cannot be created in state"),
     ],
 )
 def test_create__bad_input_raises_a_clear_error_and_writes_nothing(fields, message, count_rows):
@@ -218,7 +218,7 @@ def test_create__is_one_statement():
         Job.objects.create(name="testjob", workspace={"a": 1})
 
     (query,) = queries.captured_queries
-    assert "dbq_create_job_v1" in query["sql"]
+    assert "dbq_create_job_v2" in query["sql"]
 
 
 def test_bulk_create__in_a_broken_transaction_says_so_like_any_query():

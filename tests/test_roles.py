@@ -91,9 +91,9 @@ def test_worker_role__cannot_rewrite_history_or_the_projection(roles):
         conn.execute("SET pgtrigger.ignore = '{pgtrigger_protect_projection_fb050}'")
         refused(conn, "UPDATE django_dbq_job SET state = 'COMPLETE'")
         refused(conn, "SELECT dbq_delete_old_jobs_v3(now())")
-        refused(conn, "SELECT dbq_replay_events_v4()")
-        refused(conn, "SELECT dbq_fold_events_v1(ARRAY[]::django_dbq_jobevent[])")
-        refused(conn, "SELECT * FROM dbq_update_jobs_v1('[]')")
+        refused(conn, "SELECT dbq_replay_events_v5()")
+        refused(conn, "SELECT dbq_fold_events_v2(ARRAY[]::django_dbq_jobevent[])")
+        refused(conn, "SELECT * FROM dbq_update_jobs_v2('[]')")
         refused(conn, "SELECT * FROM dbq_cancel_jobs_v2(ARRAY[]::uuid[], '')")
     assert Job.objects.get(pk=job.pk).state == Job.STATES.NEW
     assert JobEvent.objects.count() == 1
@@ -129,7 +129,7 @@ def test_maintenance_role__runs_delete_old_jobs_and_nothing_else(roles):
     Job.objects.create(name="testjob", state="COMPLETE")
     waiting = Job.objects.create(name="testjob")
 
-    deleted = manage(roles["maintenance"], "delete_old_jobs", "--hours", "-1")
+    deleted = manage(roles["maintenance"], "delete_old_jobs", "--hours", "-1", "-v", "2")
 
     assert deleted.returncode == 0, deleted.stderr[-2000:]
     assert deleted.stdout.strip() == "Deleted old jobs (1)"

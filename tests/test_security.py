@@ -62,7 +62,7 @@ def counts(conn):
 def create_job(owner, state="NEW", queue="default", name="testjob"):
     job_id = uuid.uuid4()
     owner.execute(
-        "SELECT dbq_create_job_v1(%s, %s)",
+        "SELECT dbq_create_job_v2(%s, %s)",
         [job_id, Jsonb({"name": name, "state": state, "queue_name": queue, "next_task": "t"})],
     )
     return job_id
@@ -102,7 +102,7 @@ def test_trigger_function__cannot_be_attached_to_a_temp_table(owned, owner, kind
     before = counts(owner)
     with owned.connect(kind) as conn:
         conn.execute(FAKE_EVENTS)
-        for function in ("dbq_apply_events_v4", "dbq_protect_projection_v2"):
+        for function in ("dbq_apply_events_v5", "dbq_protect_projection_v2"):
             refused(
                 conn,
                 "CREATE TRIGGER fake_apply AFTER INSERT ON fake REFERENCING NEW TABLE AS"
@@ -111,7 +111,7 @@ def test_trigger_function__cannot_be_attached_to_a_temp_table(owned, owner, kind
         # A trigger function of its own that hands its rows to the apply function.
         conn.execute(
             "CREATE FUNCTION pg_temp.relay() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            " PERFORM dbq_app.dbq_fold_events_v1(ARRAY(SELECT e::dbq_app.django_dbq_jobevent"
+            " PERFORM dbq_app.dbq_fold_events_v2(ARRAY(SELECT e::dbq_app.django_dbq_jobevent"
             " FROM new_events e)); INSERT INTO dbq_app.django_dbq_job SELECT r.* FROM new_events e,"
             " LATERAL dbq_app.dbq_job_row_v1(e.job_id, e.version, e.payload, e.at) r;"
             " RETURN NULL; END $$"
@@ -133,7 +133,7 @@ def test_trigger_function__refuses_any_table_but_the_ledger_even_for_the_owner(o
     owner.execute(FAKE_EVENTS)
     owner.execute(
         "CREATE TRIGGER fake_apply AFTER INSERT ON fake REFERENCING NEW TABLE AS new_events"
-        " FOR EACH STATEMENT EXECUTE FUNCTION dbq_app.dbq_apply_events_v4()"
+        " FOR EACH STATEMENT EXECUTE FUNCTION dbq_app.dbq_apply_events_v5()"
     )
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="django_dbq_jobevent alone"):
         owner.execute(
@@ -232,8 +232,8 @@ def test_guard__a_role_granted_writes_on_the_projection_by_mistake_still_cannot_
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ({"name": "testjob", "state": "PROCESSING"}, "cannot be created in state"),
-        ({"name": "testjob", "state": "STOPPING"}, "cannot be created in state"),
+        ({"name": "testjob", "state": "CANCELLED"}, "cannot be created in state"),
+        ({"name": "testjob", "state": "LOST"}, "cannot be created in state"),
         ({"name": "testjob", "attempts": 99}, "may not set attempts"),
         ({"name": "testjob", "imported": True, "created": "2001-01-01"}, "may not set"),
         (["not", "an", "object"], "must be a JSON object"),
@@ -243,13 +243,34 @@ def test_app__creates_only_new_jobs_in_states_a_creation_allows(owned, owner, pa
     before = counts(owner)
     with owned.connect("app") as conn:
         for statement in (
-            "SELECT dbq_create_job_v1(gen_random_uuid(), %s)",
-            "SELECT * FROM dbq_create_jobs_v1(jsonb_build_array("
+            "SELECT dbq_create_job_v2(gen_random_uuid(), %s)",
+            "SELECT * FROM dbq_create_jobs_v2(jsonb_build_array("
             "jsonb_build_object('job_id', gen_random_uuid(), 'payload', %s::jsonb)))",
         ):
             with pytest.raises(psycopg.DatabaseError, match=message):
                 conn.execute(statement, [Jsonb(payload)])
     assert counts(owner) == before
+
+
+def test_app__a_job_it_creates_processing_is_held_by_no_worker_until_expiry_frees_it(owned, owner):
+    job_id = uuid.uuid4()
+    payload = {"name": "testjob", "state": "PROCESSING", "queue_name": "orphans"}
+    with owned.connect("app") as conn:
+        conn.execute("SELECT dbq_create_job_v2(%s, %s)", [job_id, Jsonb(payload)])
+    assert job_row(owner, job_id) == ("PROCESSING", 1, None, None)
+    key = new_worker_key()
+    save = (
+        "SELECT * FROM dbq_save_held_v2(%s, jsonb_build_array(jsonb_build_object("
+        "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"priority\": 1}'::jsonb)))"
+    )
+    with owned.connect("worker") as conn:
+        # No worker's key proves a claim of it, and no claim takes it.
+        assert conn.execute(save, [key, job_id]).fetchall() == []
+        assert claim(conn, key, queue="orphans") == []
+        expired = conn.execute("SELECT * FROM dbq_expire_leases_v3('w', 100, '{}')").fetchall()
+    assert (job_id, "lease_expired") in expired
+    assert job_row(owner, job_id)[:2] == ("READY", 2)
+    assert events(owner, job_id) == ["created", "lease_expired"]
 
 
 @pytest.mark.parametrize(
@@ -261,6 +282,9 @@ def test_app__creates_only_new_jobs_in_states_a_creation_allows(owned, owner, pa
         ("updated", {"lease_until": "infinity"}),
         ("updated", {"claimed_by": "w"}),
         ("updated", {"state": "PROCESSING"}),
+        ("updated", {"created": 5}),
+        ("updated", {"created": "yesterday"}),
+        ("updated", {"created": "2001-01-01T00:00:00+00:00", "attempts": 0}),
     ],
 )
 def test_app__saves_only_the_fields_of_a_job(owned, owner, kind, payload):
@@ -268,12 +292,12 @@ def test_app__saves_only_the_fields_of_a_job(owned, owner, kind, payload):
     with owned.connect("app") as conn:
         with pytest.raises(psycopg.DatabaseError):
             conn.execute(
-                "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+                "SELECT * FROM dbq_update_jobs_v2(jsonb_build_array(jsonb_build_object("
                 "'job_id', %s::uuid, 'kind', %s::text, 'payload', %s::jsonb)))",
                 [job_id, kind, Jsonb(payload)],
             )
         conn.execute(
-            "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+            "SELECT * FROM dbq_update_jobs_v2(jsonb_build_array(jsonb_build_object("
             "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"priority\": 5}'::jsonb)))",
             [job_id],
         )
@@ -288,7 +312,7 @@ def test_app__cannot_claim_record_outcomes_or_delete(owned, owner):
         )
         refused(conn, "SELECT * FROM dbq_record_outcomes_v1(%s, '[]')", ["k" * 64])
         refused(conn, "SELECT dbq_delete_old_jobs_v3(now())")
-        refused(conn, "SELECT dbq_replay_events_v4()")
+        refused(conn, "SELECT dbq_replay_events_v5()")
     assert events(owner, job_id) == ["created"]
 
 
@@ -360,7 +384,7 @@ def test_worker__saves_only_the_job_it_holds(owned, owner):
     held, other = create_job(owner, queue="saves"), create_job(owner, queue="elsewhere")
     key = new_worker_key()
     save = (
-        "SELECT * FROM dbq_save_held_v1(%s, jsonb_build_array(jsonb_build_object("
+        "SELECT * FROM dbq_save_held_v2(%s, jsonb_build_array(jsonb_build_object("
         "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"workspace\": {\"p\": 1}}'::jsonb)))"
     )
     with owned.connect("worker") as conn:
@@ -368,7 +392,7 @@ def test_worker__saves_only_the_job_it_holds(owned, owner):
         assert [row[0] for row in conn.execute(save, [key, held]).fetchall()] == [held]
         assert conn.execute(save, [key, other]).fetchall() == []
         assert conn.execute(save, [new_worker_key(), held]).fetchall() == []
-        refused(conn, "SELECT * FROM dbq_update_jobs_v1('[]')")
+        refused(conn, "SELECT * FROM dbq_update_jobs_v2('[]')")
     assert events(owner, held) == ["created", "claimed", "updated"]
     assert events(owner, other) == ["created"]
 
@@ -385,21 +409,21 @@ def test_times__only_iso_8601_with_an_offset_so_that_replay_reads_them_the_same(
     with owned.connect("app") as conn:
         conn.execute("SET DateStyle = 'ISO, DMY'")
         for statement in (
-            "SELECT dbq_create_job_v1(gen_random_uuid(), %s)",
-            "SELECT * FROM dbq_create_jobs_v1(jsonb_build_array("
+            "SELECT dbq_create_job_v2(gen_random_uuid(), %s)",
+            "SELECT * FROM dbq_create_jobs_v2(jsonb_build_array("
             "jsonb_build_object('job_id', gen_random_uuid(), 'payload', %s::jsonb)))",
         ):
             with pytest.raises(psycopg.errors.InvalidDatetimeFormat, match="ISO 8601"):
                 conn.execute(statement, [bad])
         with pytest.raises(psycopg.errors.InvalidDatetimeFormat):
             conn.execute(
-                "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+                "SELECT * FROM dbq_update_jobs_v2(jsonb_build_array(jsonb_build_object("
                 "'job_id', %s::uuid, 'kind', 'updated', 'payload', jsonb_build_object("
                 "'run_after', %s::text))))",
                 [job_id, run_after],
             )
         conn.execute(
-            "SELECT dbq_create_job_v1(gen_random_uuid(), %s)",
+            "SELECT dbq_create_job_v2(gen_random_uuid(), %s)",
             [Jsonb({"name": "testjob", "run_after": "2030-01-13T00:00:00.5+05:30"})],
         )
     with owned.connect("worker") as conn:
@@ -502,19 +526,19 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
     with owned.connect("app") as conn:
         with pytest.raises(psycopg.errors.CheckViolation, match="illegal transition"):
             conn.execute(
-                "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+                "SELECT * FROM dbq_update_jobs_v2(jsonb_build_array(jsonb_build_object("
                 "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"state\": \"PROCESSING\"}'"
                 "::jsonb)))",
                 [finished],
             )
         # A legal save goes through the fold's UPDATE and its state machine.
         conn.execute(
-            "SELECT * FROM dbq_update_jobs_v1(jsonb_build_array(jsonb_build_object("
+            "SELECT * FROM dbq_update_jobs_v2(jsonb_build_array(jsonb_build_object("
             "'job_id', %s::uuid, 'kind', 'updated', 'payload', '{\"priority\": 5}'::jsonb)))",
             [waiting],
         )
         conn.execute("SELECT * FROM dbq_cancel_jobs_v2(ARRAY[%s]::uuid[], 'x')", [finished])
-        conn.execute('SELECT dbq_create_job_v1(gen_random_uuid(), \'{"name": "t"}\')')
+        conn.execute('SELECT dbq_create_job_v2(gen_random_uuid(), \'{"name": "t"}\')')
     key = new_worker_key()
     with owned.connect("worker") as conn:
         assert [row[0] for row in claim(conn, key, queue="planted")] == [waiting]
@@ -528,11 +552,11 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
     # The owner's own rebuild, in a session whose search_path is the app's schema,
     # and the audit reads' rebuild into a TEMP table, by the owner and the app.
     with owned.connect("owner") as conn, conn.transaction(force_rollback=True):
-        conn.execute("SELECT dbq_replay_events_v4()")
+        conn.execute("SELECT dbq_replay_events_v5()")
     for kind in ("owner", "app"):
         with owned.connect(kind) as conn, conn.transaction(force_rollback=True):
             conn.execute("CREATE TEMP TABLE dbq_scratch_job (LIKE dbq_app.django_dbq_job)")
-            conn.execute("SELECT dbq_replay_events_scratch_v4()")
+            conn.execute("SELECT dbq_replay_events_scratch_v5()")
     assert job_row(owner, finished)[0] == "COMPLETE"
     assert job_row(owner, waiting)[0] == "COMPLETE"
 
@@ -554,12 +578,12 @@ PLANTED_ENTRY_POINTS = [
         "dbq_claim_jobs_v3", "text, smallint, text, text, text, integer, float8, text[]", "void"
     ),
     planted_function("dbq_expire_leases_v3", "text, smallint, text", "void"),
-    planted_function("dbq_replay_events_v4", "text, text, integer", "bigint"),
-    planted_function("dbq_replay_events_v4", "text, text, bigint", "bigint"),
+    planted_function("dbq_replay_events_v5", "text, text, integer", "bigint"),
+    planted_function("dbq_replay_events_v5", "text, text, bigint", "bigint"),
     planted_function("dbq_delete_old_jobs_v3", "text", "bigint"),
     planted_function("dbq_cancel_jobs_v2", f"uuid[], {VC}", "void"),
-    planted_function("dbq_replay_events_scratch_v4", "text, text, bigint", "bigint"),
-    planted_function("dbq_replay_copy_scratch_v4", "text, text, bigint", "bigint"),
+    planted_function("dbq_replay_events_scratch_v5", "text, text, bigint", "bigint"),
+    planted_function("dbq_replay_copy_scratch_v5", "text, text, bigint", "bigint"),
     # Closer matches than pg_catalog's for the rows the audit reads aggregate and show.
     planted_function(
         "planted_step",
@@ -672,12 +696,14 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         f"a SECURITY DEFINER function without search_path pg_catalog, pg_temp:\n{table}"
     )
     assert definers == {
-        "dbq_apply_events_v4": [],
+        "dbq_apply_events_v5": [],
         "dbq_cancel_jobs_v2": ["app"],
         "dbq_claim_jobs_v2": ["worker"],
         "dbq_claim_jobs_v3": ["worker"],
         "dbq_create_job_v1": ["app", "worker"],
+        "dbq_create_job_v2": ["app", "worker"],
         "dbq_create_jobs_v1": ["app", "worker"],
+        "dbq_create_jobs_v2": ["app", "worker"],
         "dbq_delete_old_jobs_v3": ["maintenance"],
         "dbq_expire_leases_v2": ["worker"],
         "dbq_expire_leases_v3": ["worker"],
@@ -688,7 +714,9 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_renew_leases_v2": ["worker"],
         "dbq_requeue_jobs_v2": ["app"],
         "dbq_save_held_v1": ["worker"],
+        "dbq_save_held_v2": ["worker"],
         "dbq_update_jobs_v1": ["app"],
+        "dbq_update_jobs_v2": ["app"],
     }, table
 
 
@@ -777,7 +805,7 @@ def test_audit_functions__are_granted_to_worker_app_and_maintenance_not_public(o
         assert not public, signature
         assert sorted(role_of[g] for g in granted) == ["app", "maintenance", "worker"], signature
     with owned.connect("none") as conn:
-        refused(conn, "SELECT dbq_replay_events_scratch_v4()")
+        refused(conn, "SELECT dbq_replay_events_scratch_v5()")
 
 
 AUDIT_SCRIPT = """
@@ -838,7 +866,7 @@ def test_audit_reads__as_of_and_verify_work_for_each_role_and_write_nothing(owne
         verified = owned.manage(kind, "replay_events", "--verify")
         after = projection(owner)
     finally:
-        owner.execute("SELECT dbq_replay_events_v4()")
+        owner.execute("SELECT dbq_replay_events_v5()")
 
     assert ran.returncode == 0, ran.stderr[-3000:]
     results = json.loads(ran.stdout.splitlines()[-1])

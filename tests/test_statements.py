@@ -55,7 +55,7 @@ def test_create__prepares_nothing_with_djangos_default_options(transactional_db)
 def test_create__is_logged_and_its_errors_are_djangos(db):
     with CaptureQueriesContext(connection) as queries:
         job = Job.objects.create(name="testjob")
-    assert ["dbq_create_job_v1" in q["sql"] for q in queries] == [True]
+    assert ["dbq_create_job_v2" in q["sql"] for q in queries] == [True]
 
     with pytest.raises(IntegrityError), transaction.atomic():
         Job.objects.create(id=job.pk, name="testjob")

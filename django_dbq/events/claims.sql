@@ -32,7 +32,7 @@ SELECT * FROM dbq_record_and_claim_v2(
 
 -- name: jobs_save_held
 -- job.save() inside a task: `updated` events for jobs the worker holds.
-SELECT * FROM dbq_save_held_v1(%(key)s::text, %(events)s::jsonb)
+SELECT * FROM dbq_save_held_v2(%(key)s::text, %(events)s::jsonb)
 
 -- name: jobs_renew_leases
 -- The heartbeat: extend the worker's lease on the jobs it holds.

@@ -110,8 +110,8 @@ class JobEvent(models.Model):
                 when=pgtrigger.After,
                 operation=pgtrigger.Insert,
                 referencing=pgtrigger.Referencing(new="new_events"),
-                # projections/sql/apply.sql, installed by migration 0007.
-                function="dbq_apply_events_v4",
+                # projections/sql/apply.sql, installed by migration 0011.
+                function="dbq_apply_events_v5",
             ),
         ]
 

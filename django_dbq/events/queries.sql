@@ -8,17 +8,17 @@
 -- Enqueue jobs: one `created` event (version 1) per new job, in the order given;
 -- the events come as one JSON array of {job_id, payload}; their times come back
 -- as epoch seconds in the same order.
-SELECT * FROM dbq_create_jobs_v1(%(events)s::jsonb)
+SELECT * FROM dbq_create_jobs_v2(%(events)s::jsonb)
 
 -- name: events_insert_created_one
 -- The same for one job (Job.objects.create, save() of a new job), without the
 -- JSON array.
-SELECT dbq_create_job_v1(%(job_id)s::uuid, %(payload)s::jsonb)
+SELECT dbq_create_job_v2(%(job_id)s::uuid, %(payload)s::jsonb)
 
 -- name: events_update
 -- job.save(): one `updated` event per job at the job's next version; the events
 -- come as one JSON array of {job_id, kind, payload}.
-SELECT * FROM dbq_update_jobs_v1(%(events)s::jsonb)
+SELECT * FROM dbq_update_jobs_v2(%(events)s::jsonb)
 
 -- name: events_append
 -- Any event, one per job at the job's next version: a plain INSERT that needs

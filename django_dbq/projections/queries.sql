@@ -8,7 +8,7 @@ LOCK TABLE django_dbq_jobevent IN SHARE MODE
 -- name: projection_replay
 -- Rebuild django_dbq_job from the ledger, in slices of at most about
 -- slice_bytes of events; returns the number of events applied.
-SELECT dbq_replay_events_v4(NULL::timestamptz, NULL::uuid[], %(slice_bytes)s::bigint)
+SELECT dbq_replay_events_v5(NULL::timestamptz, NULL::uuid[], %(slice_bytes)s::bigint)
 
 -- name: audit_isolation
 -- Inside a caller's transaction: whether its statements share one snapshot.
@@ -54,11 +54,11 @@ GROUP BY e.job_id
 -- name: scratch_replay
 -- Rebuild the projection (at `until`, of `job_ids`) from the ledger into the
 -- scratch table; returns the number of events applied.
-SELECT dbq_replay_events_scratch_v4(%(until)s::timestamptz, %(job_ids)s::uuid[], %(slice_bytes)s::bigint)
+SELECT dbq_replay_events_scratch_v5(%(until)s::timestamptz, %(job_ids)s::uuid[], %(slice_bytes)s::bigint)
 
 -- name: scratch_replay_copy
 -- The same from the copy of the events (scratch_copy).
-SELECT dbq_replay_copy_scratch_v4(%(until)s::timestamptz, %(job_ids)s::uuid[], %(slice_bytes)s::bigint)
+SELECT dbq_replay_copy_scratch_v5(%(until)s::timestamptz, %(job_ids)s::uuid[], %(slice_bytes)s::bigint)
 
 -- name: scratch_count
 SELECT pg_catalog.count(*) FROM pg_temp.dbq_scratch_job

@@ -27,14 +27,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TRACKED_FIELDS = ("name", "state", "next_task", "workspace", "queue_name", "priority", "run_after")
+# The fields save() records when they change (`created`: when the job was
+# enqueued, which django-db-queue's users set to age a job).
+TRACKED_FIELDS = (
+    "name",
+    "state",
+    "next_task",
+    "workspace",
+    "queue_name",
+    "priority",
+    "run_after",
+    "created",
+)
 # Tracked fields whose values are strings, numbers, times or None.
 _PLAIN_FIELDS = tuple(field for field in TRACKED_FIELDS if field not in ("state", "workspace"))
-CREATE_STATES = ("NEW", "READY", "FAILED", "COMPLETE")
-# The states no worker holds, among which save() may move a job (as the state machine does).
-SAVE_STATES = (*CREATE_STATES, "CANCELLED")
 # The states in which a worker holds a job; only the worker's events move a job among them.
 WORKER_STATES = ("PROCESSING", "STOPPING")
+# django-db-queue's six states. A job created PROCESSING or STOPPING is held by
+# no worker: lease expiry gives it back to its queue.
+CREATE_STATES = ("NEW", "READY", *WORKER_STATES, "FAILED", "COMPLETE")
+# The states no worker holds, among which save() may move a job (as the state machine does).
+SAVE_STATES = ("NEW", "READY", "FAILED", "COMPLETE", "CANCELLED")
 SMALLINT_RANGE = (-32768, 32767)
 QUEUE_NAME_LENGTH = 20
 
@@ -79,6 +92,7 @@ def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None)
         with transaction.atomic(using):
             times = append_created_batches(batches(), -(-len(ready) // size), using=using)
     for job, snapshot, at in zip(ready, loaded, times, strict=True):
+        snapshot["created"] = at
         _mark_saved(job, using, version=1, at=at, snapshot=snapshot)
         job.__dict__["created"] = at
     return ready
@@ -97,7 +111,7 @@ def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) ->
         _check_field(field, value)
     if "state" in changes and changes["state"] not in SAVE_STATES:
         raise InvalidJobError(
-            f"job.save() cannot set state {changes['state']!r}: only a worker moves a job to "
+            f"job.save() cannot set state {_shown(changes['state'])!r}: only a worker moves a job to "
             "PROCESSING or STOPPING. Save it as NEW or READY and let a worker claim it."
         )
     payload = jsonutil.dumps({f: _to_json(f, v) for f, v in changes.items()}, "workspace")
@@ -152,7 +166,8 @@ def _prepare_new(job: Job, plans: dict[str, tuple[str, str | None]]) -> bool:
     if not isinstance(state, str) or state not in CREATE_STATES:
         _check_field("state", state)
         raise InvalidJobError(
-            f"A job cannot be created in state {state!r}; use one of {', '.join(CREATE_STATES)}."
+            f"A job cannot be created in state {_shown(state)!r}; use one of {', '.join(CREATE_STATES)} "
+            "(cancel a job with job.cancel())."
         )
     # The name and first task were checked with the plan; the common case of
     # the rest is tested inline, _check_field names the problem otherwise.
@@ -170,6 +185,11 @@ def _prepare_new(job: Job, plans: dict[str, tuple[str, str | None]]) -> bool:
             logger.exception("Failed to create new job, creation hook raised an exception")
             return False
     return True
+
+
+def _shown(value: Any) -> Any:
+    # Job.STATES members repr as Job.STATES.X; their text is what users wrote.
+    return str(value) if isinstance(value, str) else value
 
 
 def _creation_plan(name: Any) -> tuple[str, str | None]:
@@ -225,6 +245,8 @@ def _check_field(field: str, value: Any) -> None:
             )
     elif field == "run_after" and value is not None:
         _aware_run_after(value)
+    elif field == "created":
+        _aware_created(value)
 
 
 def _aware_run_after(value: Any) -> datetime.datetime:
@@ -242,9 +264,27 @@ def _aware_run_after(value: Any) -> datetime.datetime:
     return value
 
 
+def _aware_created(value: Any) -> datetime.datetime:
+    if not isinstance(value, datetime.datetime):
+        raise InvalidJobError(
+            f"Job created must be a datetime, not {type(value).__name__}: it is when the job "
+            "was enqueued (set it to age a job, e.g. timezone.now() - timedelta(days=2))."
+        )
+    if timezone.is_naive(value):
+        if settings.USE_TZ:
+            raise InvalidJobError(
+                f"Job created {value.isoformat()} is a naive datetime while USE_TZ is on; "
+                "pass an aware one, e.g. timezone.now() - timedelta(days=2)."
+            )
+        return timezone.make_aware(value)
+    return value
+
+
 def _to_json(field: str, value: Any) -> Any:
     if field == "run_after" and value is not None:
         return _aware_run_after(value).isoformat()
+    if field == "created":
+        return _aware_created(value).isoformat()
     return value
 
 

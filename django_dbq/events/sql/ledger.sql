@@ -1,5 +1,5 @@
 -- The ledger's guard and the application's ways into the ledger: enqueue, save
--- and retention. What is installed now (migration 0010); @schema@ and the
+-- and retention. What is installed now (migration 0011); @schema@ and the
 -- search_path rule are explained at the top of projections/sql/apply.sql.
 --
 -- No role but the tables' owner holds a write right on django_dbq_jobevent:
@@ -43,6 +43,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 
+-- Superseded by dbq_is_creatable_v2 (migration 0011); called by the superseded
+-- dbq_create_job_v1 and dbq_create_jobs_v1.
 -- dbq_is_creatable_v1: dbq_is_job_fields_v1, in a state a job may be created in.
 CREATE OR REPLACE FUNCTION @schema@.dbq_is_creatable_v1(payload jsonb)
 RETURNS boolean
@@ -92,6 +94,8 @@ END
 $$;
 
 
+-- Superseded by dbq_create_job_v2 (migration 0011); kept for the processes of the
+-- previous release while a rolling deploy replaces them.
 -- dbq_create_job_v1: enqueue one job (Job.objects.create): its `created` event
 -- at version 1; returns the event's time as epoch seconds.
 CREATE OR REPLACE FUNCTION @schema@.dbq_create_job_v1(p_job_id uuid, p_payload jsonb)
@@ -111,6 +115,8 @@ END
 $$;
 
 
+-- Superseded by dbq_create_jobs_v2 (migration 0011); kept for the processes of the
+-- previous release while a rolling deploy replaces them.
 -- dbq_create_jobs_v1: enqueue jobs (bulk_create): one `created` event each, in
 -- the order given, in one statement; `events` is a JSON array of
 -- {job_id, payload}. at = clock_timestamp() per row, so jobs created together
@@ -135,6 +141,8 @@ END
 $$;
 
 
+-- Superseded by dbq_update_jobs_v2 (migration 0011); kept for the processes of the
+-- previous release while a rolling deploy replaces them.
 -- dbq_update_jobs_v1: job.save()'s `updated` events, one per job at the job's
 -- next version; `events` is a JSON array of {job_id, kind, payload}, kind
 -- `updated` and payload the changed fields a save may set. The state machine
@@ -200,6 +208,165 @@ BEGIN
                   HINT = 'Use job.save(), job.cancel() or job.requeue(); workers record their own events.';
     END IF;
     RETURN @schema@.dbq_check_fields_v1(kind, payload);
+END
+$$;
+
+
+-- dbq_is_creatable_v2: dbq_is_job_fields_v1, in a state a job may be created
+-- in: any of django-db-queue's six. A job created PROCESSING or STOPPING is
+-- held by no worker (no lease): lease expiry gives it back to its queue, as it
+-- does for jobs imported in those states.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_creatable_v2(payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT @schema@.dbq_is_job_fields_v1(payload)
+       AND COALESCE(payload ->> 'state', 'NEW')
+           IN ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE')
+$$;
+
+
+-- dbq_check_created_v2: raise unless dbq_is_creatable_v2(payload), naming the
+-- broken rule; returns the payload when it passes.
+CREATE OR REPLACE FUNCTION @schema@.dbq_check_created_v2(job_id uuid, payload jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM @schema@.dbq_check_fields_v1('created', payload);
+    IF COALESCE(payload ->> 'state', 'NEW')
+       NOT IN ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE') THEN
+        RAISE EXCEPTION 'django_dbq: a job cannot be created in state %', payload ->> 'state'
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Create it as NEW, READY, PROCESSING, STOPPING, FAILED or COMPLETE; a job is cancelled with job.cancel().';
+    END IF;
+    RETURN payload;
+END
+$$;
+
+
+-- dbq_create_job_v2: enqueue one job (Job.objects.create): its `created` event
+-- at version 1, in any state dbq_is_creatable_v2 takes; returns the event's
+-- time as epoch seconds.
+CREATE OR REPLACE FUNCTION @schema@.dbq_create_job_v2(p_job_id uuid, p_payload jsonb)
+RETURNS float8
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    created_at timestamptz;
+BEGIN
+    IF NOT COALESCE(@schema@.dbq_is_creatable_v2(p_payload::jsonb), false) THEN
+        PERFORM @schema@.dbq_check_created_v2(p_job_id, p_payload);
+    END IF;
+    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+    VALUES (p_job_id, 1, 'created', p_payload)
+    RETURNING at INTO created_at;
+    RETURN extract(epoch FROM created_at)::float8;
+END
+$$;
+
+
+-- dbq_create_jobs_v2: enqueue jobs (bulk_create) as dbq_create_job_v2 does, one
+-- `created` event each, in the order given, in one statement; `events` is a
+-- JSON array of {job_id, payload}. at = clock_timestamp() per row, so jobs
+-- created together keep their order; the times come back in the same order.
+CREATE OR REPLACE FUNCTION @schema@.dbq_create_jobs_v2(events jsonb)
+RETURNS SETOF float8
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+    SELECT e.job_id, 1, 'created', CASE
+        WHEN @schema@.dbq_is_creatable_v2(e.payload::jsonb) THEN e.payload
+        ELSE @schema@.dbq_check_created_v2(e.job_id::uuid, e.payload::jsonb)
+        END
+    FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
+        WITH ORDINALITY AS e(job_id, payload, n)
+    ORDER BY e.n
+    RETURNING extract(epoch FROM at)::float8;
+END
+$$;
+
+
+-- dbq_is_saved_fields_v1: whether `payload` holds what a save may change: the
+-- fields of dbq_is_job_fields_v1 and `created` (the time a job was enqueued,
+-- which django-db-queue's users set to age a job), as a string; the fold reads
+-- it with dbq_time_v1, which refuses any text but an ISO 8601 time with its
+-- offset. Inlined: the quick test of every save.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_saved_fields_v1(payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT jsonb_typeof(payload) = 'object'
+       AND payload - '{name,state,next_task,workspace,queue_name,priority,run_after,created}'::text[] = '{}'::jsonb
+       AND COALESCE(jsonb_typeof(payload -> 'created'), 'string') = 'string'
+$$;
+
+
+-- dbq_refuse_save_v1: the error for a save that is not an `updated` event of
+-- the fields dbq_is_saved_fields_v1 takes.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_save_v1(kind text, payload jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF kind IS DISTINCT FROM 'updated' THEN
+        RAISE EXCEPTION 'django_dbq: a save appends an updated event of the job''s fields, not %', COALESCE(kind, 'null')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Use job.save(), job.cancel() or job.requeue(); workers record their own events.';
+    END IF;
+    IF jsonb_typeof(payload -> 'created') IS DISTINCT FROM 'string' AND payload ? 'created' THEN
+        RAISE EXCEPTION 'django_dbq: an updated event''s created must be a time, not %', payload -> 'created'
+            USING ERRCODE = 'invalid_datetime_format',
+                  HINT = 'Write times as 2030-01-13T00:00:00+00:00 (Python: aware_datetime.isoformat()).';
+    END IF;
+    RETURN @schema@.dbq_check_fields_v1(kind, payload - 'created');
+END
+$$;
+
+
+-- dbq_update_jobs_v2: job.save()'s `updated` events, one per job at the job's
+-- next version; `events` is a JSON array of {job_id, kind, payload}, kind
+-- `updated` and payload the changed fields a save may set (those of
+-- dbq_is_saved_fields_v1). The state machine refuses a save into or out of a
+-- worker's states.
+CREATE OR REPLACE FUNCTION @schema@.dbq_update_jobs_v2(events jsonb)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM @schema@.dbq_append_updates_v2(events::jsonb, NULL::text);
+END
+$$;
+
+
+-- dbq_append_updates_v2: the `updated` events of dbq_update_jobs_v2 and
+-- dbq_save_held_v2, as dbq_append_updates_v1 with the fields of
+-- dbq_is_saved_fields_v1. Called by those two functions only (not granted).
+CREATE OR REPLACE FUNCTION @schema@.dbq_append_updates_v2(events jsonb, key_hash text)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH incoming AS (
+        SELECT *
+        FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, kind text, payload jsonb))
+            WITH ORDINALITY AS i(job_id, kind, payload, n)
+    ), current_version AS (
+        SELECT j.id, j.version
+        FROM @schema@.django_dbq_job j
+        WHERE j.id IN (SELECT i.job_id FROM incoming i)
+          AND (key_hash IS NULL OR (j.lease_key = key_hash
+                                    AND j.state IN ('PROCESSING', 'STOPPING')
+                                    AND j.lease_until > now()))
+        FOR NO KEY UPDATE
+    ), appended AS (
+        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+        SELECT i.job_id, c.version + 1, 'updated', CASE
+            WHEN i.kind = 'updated' AND @schema@.dbq_is_saved_fields_v1(i.payload) THEN i.payload
+            ELSE @schema@.dbq_refuse_save_v1(i.kind::text, i.payload::jsonb)
+            END
+        FROM incoming i
+        JOIN current_version c ON c.id = i.job_id
+        ORDER BY i.n
+        RETURNING job_id, version, at
+    )
+    SELECT a.job_id, a.version::integer, extract(epoch FROM a.at)::float8 FROM appended a;
 END
 $$;
 

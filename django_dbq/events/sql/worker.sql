@@ -294,6 +294,8 @@ END
 $$;
 
 
+-- Superseded by dbq_save_held_v2 (migration 0011); kept for the workers of the
+-- previous release while a rolling deploy replaces them.
 -- dbq_save_held_v1: job.save() inside a task, for the job its worker holds:
 -- one `updated` event of the job's fields per held job (as dbq_update_jobs_v1,
 -- but only for jobs claimed with `p_key` under a live lease), so that the worker
@@ -303,6 +305,18 @@ RETURNS TABLE (job_id uuid, version integer, at float8)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT * FROM @schema@.dbq_append_updates_v1(
+        events::jsonb, @schema@.dbq_lease_key_v1(p_key::text));
+END
+$$;
+
+
+-- dbq_save_held_v2: dbq_save_held_v1 through dbq_append_updates_v2, so that a
+-- task's save may also set `created`.
+CREATE OR REPLACE FUNCTION @schema@.dbq_save_held_v2(p_key text, events jsonb)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM @schema@.dbq_append_updates_v2(
         events::jsonb, @schema@.dbq_lease_key_v1(p_key::text));
 END
 $$;

@@ -23,4 +23,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         deleted = Job.objects.delete_old(hours=options["hours"])
-        self.stdout.write(f"Deleted old jobs ({deleted})")
+        # django-db-queue's line; how many went with --verbosity 2.
+        if options["verbosity"] >= 2:
+            self.stdout.write(f"Deleted old jobs ({deleted})")
+        else:
+            self.stdout.write("Deleted old jobs")

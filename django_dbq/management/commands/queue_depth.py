@@ -7,6 +7,11 @@ from django.core.management.base import BaseCommand, CommandParser
 from django_dbq.models import Job
 
 
+def _yes(value: str) -> bool:
+    """The flag's value: false for false, no, off, 0 and nothing, true otherwise."""
+    return value.strip().lower() not in ("false", "no", "off", "0", "")
+
+
 class Command(BaseCommand):
     help = "Print the number of NEW and READY jobs in the given queues."
 
@@ -14,8 +19,12 @@ class Command(BaseCommand):
         parser.add_argument("queue_name", nargs="*", default=["default"], type=str)
         parser.add_argument(
             "--exclude_future_jobs",
-            action="store_true",
-            help="Leave out jobs whose run_after is still in the future.",
+            nargs="?",
+            const=True,
+            default=False,
+            type=_yes,
+            help="Leave out jobs whose run_after is still in the future. django-db-queue "
+            "took a value (--exclude_future_jobs True); it still may.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

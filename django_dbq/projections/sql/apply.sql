@@ -1,6 +1,6 @@
 -- The projection's side of the ledger: the state machine, how a set of events
 -- folds into django_dbq_job rows, the ledger's trigger function and the
--- projection's guard. What is installed now (migration 0007); a migration holds
+-- projection's guard. What is installed now (migration 0011); a migration holds
 -- a frozen copy of what it installed, under migrations/sql/.
 --
 -- @schema@ stands for the app's schema (a quoted identifier); every table,
@@ -177,13 +177,13 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
--- dbq_fold_events_v1: apply a set of ledger events to the projection, as sets,
+-- dbq_fold_events_v2: apply a set of ledger events to the projection, as sets,
 -- and return the queues in which the jobs it touched now wait (NEW or READY).
 -- The ledger's statement trigger passes the rows of one INSERT; replay passes one
 -- version round at a time. Either way the set holds at most one event per job.
 -- The whole set is refused when one event breaks a rule, so a statement never
 -- leaves a half-applied batch behind.
-CREATE OR REPLACE FUNCTION @schema@.dbq_fold_events_v1(events @schema@.django_dbq_jobevent[])
+CREATE OR REPLACE FUNCTION @schema@.dbq_fold_events_v2(events @schema@.django_dbq_jobevent[])
 RETURNS text[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -249,6 +249,10 @@ BEGIN
                                   THEN e.payload ->> 'queue_name' ELSE j.queue_name END,
                 priority = CASE WHEN e.kind = 'updated' AND e.payload ? 'priority'
                                 THEN (e.payload ->> 'priority')::smallint ELSE j.priority END,
+                -- A save may set when the job was enqueued (django-db-queue's way
+                -- to age a job); the claim order and retention read it.
+                created = CASE WHEN e.kind = 'updated' AND e.payload ? 'created'
+                               THEN @schema@.dbq_time_v1(e.payload ->> 'created') ELSE j.created END,
                 run_after = CASE
                     WHEN e.kind IN ('updated', 'retried') AND e.payload ? 'run_after'
                         THEN @schema@.dbq_time_v1(e.payload ->> 'run_after')
@@ -302,7 +306,7 @@ END
 $$;
 
 
--- dbq_apply_events_v4: the AFTER INSERT ... FOR EACH STATEMENT trigger function
+-- dbq_apply_events_v5: the AFTER INSERT ... FOR EACH STATEMENT trigger function
 -- of django_dbq_jobevent (transition table new_events). It applies the
 -- statement's events to the projection and wakes idle workers with one NOTIFY:
 -- a JSON array of the distinct queues in which jobs now wait, or '*' when it
@@ -313,7 +317,7 @@ $$;
 -- ledger's own trigger: the rows it applies are those PostgreSQL passes it.
 -- A statement brings few events, and re-planning each query for each statement
 -- costs more than it saves, so plans stay generic.
-CREATE OR REPLACE FUNCTION @schema@.dbq_apply_events_v4()
+CREATE OR REPLACE FUNCTION @schema@.dbq_apply_events_v5()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -326,7 +330,7 @@ DECLARE
 BEGIN
     IF TG_TABLE_NAME <> 'django_dbq_jobevent' OR TG_TABLE_SCHEMA <> @schema_literal@
        OR TG_OP <> 'INSERT' OR TG_LEVEL <> 'STATEMENT' OR TG_WHEN <> 'AFTER' THEN
-        RAISE EXCEPTION 'django_dbq: dbq_apply_events_v4 is the trigger function of django_dbq_jobevent alone'
+        RAISE EXCEPTION 'django_dbq: dbq_apply_events_v5 is the trigger function of django_dbq_jobevent alone'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     -- Opens the projection's write guard for this function's statements only.
@@ -352,7 +356,7 @@ BEGIN
         INTO waiting
         FROM added;
     ELSE
-        waiting := @schema@.dbq_fold_events_v1(
+        waiting := @schema@.dbq_fold_events_v2(
             ARRAY(SELECT e::@schema@.django_dbq_jobevent FROM new_events e));
         -- Inserted and updated jobs may name a queue twice between them.
         IF cardinality(waiting) > 1 THEN

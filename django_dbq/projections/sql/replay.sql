@@ -1,9 +1,9 @@
--- dbq_replay_events_v4: rebuild the projection from the ledger and return the
+-- dbq_replay_events_v5: rebuild the projection from the ledger and return the
 -- number of events applied: every job's version-1 event as one set, then every
--- version-2 event, and so on, through dbq_fold_events_v1, the function the
+-- version-2 event, and so on, through dbq_fold_events_v2, the function the
 -- ledger's trigger applies events with (projections/sql/apply.sql). A full
 -- rebuild sets the projection's indexes and primary key aside for its rounds.
--- What is installed now (migration 0007); runs with the caller's rights, and
+-- What is installed now (migration 0011); runs with the caller's rights, and
 -- only the tables' owner may run it. Payload times are ISO 8601 with an
 -- offset (dbq_time_v1 refuses others as they are appended), so they replay to the same
 -- instants under any TimeZone and DateStyle.
@@ -21,7 +21,7 @@
 -- projection as it was then), and `job_ids` to those jobs (their rows alone are
 -- rebuilt, with every index in place, in one slice); callers that rebuild the
 -- past do so in a transaction they roll back.
-CREATE OR REPLACE FUNCTION @schema@.dbq_replay_events_v4(
+CREATE OR REPLACE FUNCTION @schema@.dbq_replay_events_v5(
     until timestamptz DEFAULT NULL,
     job_ids uuid[] DEFAULT NULL,
     slice_bytes bigint DEFAULT 134217728
@@ -113,7 +113,7 @@ BEGIN
             GROUP BY e.version
             ORDER BY e.version
         LOOP
-            PERFORM @schema@.dbq_fold_events_v1(round.events);
+            PERFORM @schema@.dbq_fold_events_v2(round.events);
             total := total + cardinality(round.events);
         END LOOP;
     END LOOP;

@@ -1,0 +1,429 @@
+-- The ledger's guard and the application's ways into the ledger: enqueue, save
+-- and retention. What is installed now (migration 0011); @schema@ and the
+-- search_path rule are explained at the top of projections/sql/apply.sql.
+--
+-- No role but the tables' owner holds a write right on django_dbq_jobevent:
+-- the application appends through these functions, which run with the owner's
+-- rights (SECURITY DEFINER) and take only what an application may do.
+
+-- dbq_protect_ledger_v1: the BEFORE UPDATE OR DELETE OR TRUNCATE ... FOR EACH
+-- STATEMENT trigger function of django_dbq_jobevent: the ledger is append-only.
+-- The one exception is the retention function below (and the test suites'
+-- flush), which opens the guard for its own statements (dbq.retention); the
+-- guard opens only while the tables' owner is the current user, so no role
+-- below the owner opens it with a setting. pgtrigger.ignore() does not switch
+-- it off.
+CREATE OR REPLACE FUNCTION @schema@.dbq_protect_ledger_v1()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('DELETE', 'TRUNCATE')
+       AND pg_catalog.current_setting('dbq.retention', true) = 'on'
+       AND (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID)
+           = current_user::text::regrole
+    THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'django_dbq: the job ledger is append-only; % on django_dbq_jobevent is refused', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Record a change by appending an event; remove old finished jobs with manage.py delete_old_jobs.';
+END
+$$;
+
+
+-- dbq_is_job_fields_v1: whether `payload` holds fields of a job an application
+-- may write (name, state, next_task, workspace, queue_name, priority,
+-- run_after) and nothing else: no attempts, import marks, leases or times of
+-- its own. Inlined: the quick test of every enqueue and save.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_job_fields_v1(payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT jsonb_typeof(payload) = 'object'
+       AND payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[] = '{}'::jsonb
+$$;
+
+
+-- Superseded by dbq_is_creatable_v2 (migration 0011); called by the superseded
+-- dbq_create_job_v1 and dbq_create_jobs_v1.
+-- dbq_is_creatable_v1: dbq_is_job_fields_v1, in a state a job may be created in.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_creatable_v1(payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT @schema@.dbq_is_job_fields_v1(payload)
+       AND COALESCE(payload ->> 'state', 'NEW') IN ('NEW', 'READY', 'FAILED', 'COMPLETE')
+$$;
+
+
+-- dbq_check_created_v1: raise unless `payload` is what an application may
+-- enqueue: the fields of a new job and nothing else (no attempts, no import
+-- marks, no times of its own), in a state a job may be created in; returns the
+-- payload when it is.
+CREATE OR REPLACE FUNCTION @schema@.dbq_check_created_v1(job_id uuid, payload jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM @schema@.dbq_check_fields_v1('created', payload);
+    IF COALESCE(payload ->> 'state', 'NEW') NOT IN ('NEW', 'READY', 'FAILED', 'COMPLETE') THEN
+        RAISE EXCEPTION 'django_dbq: a job cannot be created in state %', payload ->> 'state'
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Create it as NEW, READY, FAILED or COMPLETE; only a worker moves a job to PROCESSING or STOPPING.';
+    END IF;
+    RETURN payload;
+END
+$$;
+
+
+-- dbq_check_fields_v1: raise unless dbq_is_job_fields_v1(payload), naming what
+-- the `kind` event may not hold; returns the payload when it passes.
+CREATE OR REPLACE FUNCTION @schema@.dbq_check_fields_v1(kind text, payload jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF jsonb_typeof(payload) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'django_dbq: the % event''s payload must be a JSON object', kind
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT @schema@.dbq_is_job_fields_v1(payload) THEN
+        RAISE EXCEPTION 'django_dbq: a % event may not set %', kind,
+            (SELECT string_agg(k, ', ') FROM jsonb_object_keys(payload - '{name,state,next_task,workspace,queue_name,priority,run_after}'::text[]) k)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'An application writes name, state, next_task, workspace, queue_name, priority and run_after; workers record their own events.';
+    END IF;
+    RETURN payload;
+END
+$$;
+
+
+-- Superseded by dbq_create_job_v2 (migration 0011); kept for the processes of the
+-- previous release while a rolling deploy replaces them.
+-- dbq_create_job_v1: enqueue one job (Job.objects.create): its `created` event
+-- at version 1; returns the event's time as epoch seconds.
+CREATE OR REPLACE FUNCTION @schema@.dbq_create_job_v1(p_job_id uuid, p_payload jsonb)
+RETURNS float8
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    created_at timestamptz;
+BEGIN
+    IF NOT COALESCE(@schema@.dbq_is_creatable_v1(p_payload::jsonb), false) THEN
+        PERFORM @schema@.dbq_check_created_v1(p_job_id, p_payload);
+    END IF;
+    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+    VALUES (p_job_id, 1, 'created', p_payload)
+    RETURNING at INTO created_at;
+    RETURN extract(epoch FROM created_at)::float8;
+END
+$$;
+
+
+-- Superseded by dbq_create_jobs_v2 (migration 0011); kept for the processes of the
+-- previous release while a rolling deploy replaces them.
+-- dbq_create_jobs_v1: enqueue jobs (bulk_create): one `created` event each, in
+-- the order given, in one statement; `events` is a JSON array of
+-- {job_id, payload}. at = clock_timestamp() per row, so jobs created together
+-- keep their order; the times come back in the same order.
+CREATE OR REPLACE FUNCTION @schema@.dbq_create_jobs_v1(events jsonb)
+RETURNS SETOF float8
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- Each payload is checked as it is inserted; the check that raises runs
+    -- only for a payload that fails the quick test.
+    RETURN QUERY
+    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+    SELECT e.job_id, 1, 'created', CASE
+        WHEN @schema@.dbq_is_creatable_v1(e.payload::jsonb) THEN e.payload
+        ELSE @schema@.dbq_check_created_v1(e.job_id::uuid, e.payload::jsonb)
+        END
+    FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
+        WITH ORDINALITY AS e(job_id, payload, n)
+    ORDER BY e.n
+    RETURNING extract(epoch FROM at)::float8;
+END
+$$;
+
+
+-- Superseded by dbq_update_jobs_v2 (migration 0011); kept for the processes of the
+-- previous release while a rolling deploy replaces them.
+-- dbq_update_jobs_v1: job.save()'s `updated` events, one per job at the job's
+-- next version; `events` is a JSON array of {job_id, kind, payload}, kind
+-- `updated` and payload the changed fields a save may set. The state machine
+-- refuses a save into or out of a worker's states.
+CREATE OR REPLACE FUNCTION @schema@.dbq_update_jobs_v1(events jsonb)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM @schema@.dbq_append_updates_v1(events::jsonb, NULL::text);
+END
+$$;
+
+
+-- dbq_append_updates_v1: the `updated` events of dbq_update_jobs_v1 and
+-- dbq_save_held_v1, one per job at its next version, each checked as it is
+-- inserted; with `key_hash`, only for jobs claimed with that key under a live
+-- lease. Locking the projection rows first serialises writers of the same job,
+-- so a concurrent writer waits and then reads the version this statement
+-- leaves. Called by those two functions only (not granted).
+CREATE OR REPLACE FUNCTION @schema@.dbq_append_updates_v1(events jsonb, key_hash text)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH incoming AS (
+        SELECT *
+        FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, kind text, payload jsonb))
+            WITH ORDINALITY AS i(job_id, kind, payload, n)
+    ), current_version AS (
+        SELECT j.id, j.version
+        FROM @schema@.django_dbq_job j
+        WHERE j.id IN (SELECT i.job_id FROM incoming i)
+          AND (key_hash IS NULL OR (j.lease_key = key_hash
+                                    AND j.state IN ('PROCESSING', 'STOPPING')
+                                    AND j.lease_until > now()))
+        FOR NO KEY UPDATE
+    ), appended AS (
+        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+        SELECT i.job_id, c.version + 1, 'updated', CASE
+            WHEN i.kind = 'updated' AND @schema@.dbq_is_job_fields_v1(i.payload) THEN i.payload
+            ELSE @schema@.dbq_refuse_update_v1(i.kind::text, i.payload::jsonb)
+            END
+        FROM incoming i
+        JOIN current_version c ON c.id = i.job_id
+        ORDER BY i.n
+        RETURNING job_id, version, at
+    )
+    SELECT a.job_id, a.version::integer, extract(epoch FROM a.at)::float8 FROM appended a;
+END
+$$;
+
+
+-- dbq_refuse_update_v1: the error for a save that is not an `updated` event of
+-- a job's fields.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_update_v1(kind text, payload jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF kind IS DISTINCT FROM 'updated' THEN
+        RAISE EXCEPTION 'django_dbq: a save appends an updated event of the job''s fields, not %', COALESCE(kind, 'null')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Use job.save(), job.cancel() or job.requeue(); workers record their own events.';
+    END IF;
+    RETURN @schema@.dbq_check_fields_v1(kind, payload);
+END
+$$;
+
+
+-- dbq_is_creatable_v2: dbq_is_job_fields_v1, in a state a job may be created
+-- in: any of django-db-queue's six. A job created PROCESSING or STOPPING is
+-- held by no worker (no lease): lease expiry gives it back to its queue, as it
+-- does for jobs imported in those states.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_creatable_v2(payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT @schema@.dbq_is_job_fields_v1(payload)
+       AND COALESCE(payload ->> 'state', 'NEW')
+           IN ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE')
+$$;
+
+
+-- dbq_check_created_v2: raise unless dbq_is_creatable_v2(payload), naming the
+-- broken rule; returns the payload when it passes.
+CREATE OR REPLACE FUNCTION @schema@.dbq_check_created_v2(job_id uuid, payload jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM @schema@.dbq_check_fields_v1('created', payload);
+    IF COALESCE(payload ->> 'state', 'NEW')
+       NOT IN ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE') THEN
+        RAISE EXCEPTION 'django_dbq: a job cannot be created in state %', payload ->> 'state'
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Create it as NEW, READY, PROCESSING, STOPPING, FAILED or COMPLETE; a job is cancelled with job.cancel().';
+    END IF;
+    RETURN payload;
+END
+$$;
+
+
+-- dbq_create_job_v2: enqueue one job (Job.objects.create): its `created` event
+-- at version 1, in any state dbq_is_creatable_v2 takes; returns the event's
+-- time as epoch seconds.
+CREATE OR REPLACE FUNCTION @schema@.dbq_create_job_v2(p_job_id uuid, p_payload jsonb)
+RETURNS float8
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    created_at timestamptz;
+BEGIN
+    IF NOT COALESCE(@schema@.dbq_is_creatable_v2(p_payload::jsonb), false) THEN
+        PERFORM @schema@.dbq_check_created_v2(p_job_id, p_payload);
+    END IF;
+    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+    VALUES (p_job_id, 1, 'created', p_payload)
+    RETURNING at INTO created_at;
+    RETURN extract(epoch FROM created_at)::float8;
+END
+$$;
+
+
+-- dbq_create_jobs_v2: enqueue jobs (bulk_create) as dbq_create_job_v2 does, one
+-- `created` event each, in the order given, in one statement; `events` is a
+-- JSON array of {job_id, payload}. at = clock_timestamp() per row, so jobs
+-- created together keep their order; the times come back in the same order.
+CREATE OR REPLACE FUNCTION @schema@.dbq_create_jobs_v2(events jsonb)
+RETURNS SETOF float8
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+    SELECT e.job_id, 1, 'created', CASE
+        WHEN @schema@.dbq_is_creatable_v2(e.payload::jsonb) THEN e.payload
+        ELSE @schema@.dbq_check_created_v2(e.job_id::uuid, e.payload::jsonb)
+        END
+    FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
+        WITH ORDINALITY AS e(job_id, payload, n)
+    ORDER BY e.n
+    RETURNING extract(epoch FROM at)::float8;
+END
+$$;
+
+
+-- dbq_is_saved_fields_v1: whether `payload` holds what a save may change: the
+-- fields of dbq_is_job_fields_v1 and `created` (the time a job was enqueued,
+-- which django-db-queue's users set to age a job), as a string; the fold reads
+-- it with dbq_time_v1, which refuses any text but an ISO 8601 time with its
+-- offset. Inlined: the quick test of every save.
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_saved_fields_v1(payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT jsonb_typeof(payload) = 'object'
+       AND payload - '{name,state,next_task,workspace,queue_name,priority,run_after,created}'::text[] = '{}'::jsonb
+       AND COALESCE(jsonb_typeof(payload -> 'created'), 'string') = 'string'
+$$;
+
+
+-- dbq_refuse_save_v1: the error for a save that is not an `updated` event of
+-- the fields dbq_is_saved_fields_v1 takes.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_save_v1(kind text, payload jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF kind IS DISTINCT FROM 'updated' THEN
+        RAISE EXCEPTION 'django_dbq: a save appends an updated event of the job''s fields, not %', COALESCE(kind, 'null')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Use job.save(), job.cancel() or job.requeue(); workers record their own events.';
+    END IF;
+    IF jsonb_typeof(payload -> 'created') IS DISTINCT FROM 'string' AND payload ? 'created' THEN
+        RAISE EXCEPTION 'django_dbq: an updated event''s created must be a time, not %', payload -> 'created'
+            USING ERRCODE = 'invalid_datetime_format',
+                  HINT = 'Write times as 2030-01-13T00:00:00+00:00 (Python: aware_datetime.isoformat()).';
+    END IF;
+    RETURN @schema@.dbq_check_fields_v1(kind, payload - 'created');
+END
+$$;
+
+
+-- dbq_update_jobs_v2: job.save()'s `updated` events, one per job at the job's
+-- next version; `events` is a JSON array of {job_id, kind, payload}, kind
+-- `updated` and payload the changed fields a save may set (those of
+-- dbq_is_saved_fields_v1). The state machine refuses a save into or out of a
+-- worker's states.
+CREATE OR REPLACE FUNCTION @schema@.dbq_update_jobs_v2(events jsonb)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM @schema@.dbq_append_updates_v2(events::jsonb, NULL::text);
+END
+$$;
+
+
+-- dbq_append_updates_v2: the `updated` events of dbq_update_jobs_v2 and
+-- dbq_save_held_v2, as dbq_append_updates_v1 with the fields of
+-- dbq_is_saved_fields_v1. Called by those two functions only (not granted).
+CREATE OR REPLACE FUNCTION @schema@.dbq_append_updates_v2(events jsonb, key_hash text)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH incoming AS (
+        SELECT *
+        FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, kind text, payload jsonb))
+            WITH ORDINALITY AS i(job_id, kind, payload, n)
+    ), current_version AS (
+        SELECT j.id, j.version
+        FROM @schema@.django_dbq_job j
+        WHERE j.id IN (SELECT i.job_id FROM incoming i)
+          AND (key_hash IS NULL OR (j.lease_key = key_hash
+                                    AND j.state IN ('PROCESSING', 'STOPPING')
+                                    AND j.lease_until > now()))
+        FOR NO KEY UPDATE
+    ), appended AS (
+        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+        SELECT i.job_id, c.version + 1, 'updated', CASE
+            WHEN i.kind = 'updated' AND @schema@.dbq_is_saved_fields_v1(i.payload) THEN i.payload
+            ELSE @schema@.dbq_refuse_save_v1(i.kind::text, i.payload::jsonb)
+            END
+        FROM incoming i
+        JOIN current_version c ON c.id = i.job_id
+        ORDER BY i.n
+        RETURNING job_id, version, at
+    )
+    SELECT a.job_id, a.version::integer, extract(epoch FROM a.at)::float8 FROM appended a;
+END
+$$;
+
+
+-- dbq_delete_old_jobs_v3: the ledger's retention path. Removes the whole history
+-- of every finished job (COMPLETE, FAILED or CANCELLED) created before
+-- `created_before`, and of every STOPPING one no live lease holds (as
+-- django-db-queue 3.3 removed old STOPPING jobs; one a worker still runs is
+-- kept), then its projection row, and returns how many jobs went. It
+-- is the only function that opens the ledger's guard (dbq.retention). Granted to
+-- the maintenance role only. A job that a row of another table still references
+-- through a foreign key (a user model's ForeignKey to Job) is kept, with its
+-- history, until that row lets go of it: deleting it would fail the whole
+-- statement at commit (Django's foreign keys are checked then), and with it
+-- every later run. (A row that comes to reference a doomed job while this runs
+-- still fails this run; the next one keeps that job.)
+CREATE OR REPLACE FUNCTION @schema@.dbq_delete_old_jobs_v3(created_before timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deleted bigint;
+    kept text := '';
+    reference record;
+BEGIN
+    -- One test per single-column foreign key to the projection; regclass text
+    -- is schema-qualified (the search_path holds no schema of ours) and quoted.
+    FOR reference IN
+        SELECT c.conrelid::regclass::text AS referencing, a.attname AS referencing_column
+        FROM pg_constraint c
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE c.confrelid = '@schema@.django_dbq_job'::regclass AND c.contype = 'f'
+          AND cardinality(c.conkey) = 1
+        ORDER BY 1, 2
+    LOOP
+        kept := kept || format(
+            ' AND NOT EXISTS (SELECT FROM %s r WHERE r.%I = j.id)',
+            reference.referencing, reference.referencing_column);
+    END LOOP;
+    PERFORM set_config('dbq.retention', 'on', true);
+    PERFORM set_config('dbq.applying', 'on', true);
+    -- Locking the rows first keeps a job from being requeued by a concurrent
+    -- transaction between the choice and the delete.
+    EXECUTE format($sql$
+        WITH doomed AS (
+            SELECT j.id FROM @schema@.django_dbq_job j
+            WHERE (j.state IN ('COMPLETE', 'FAILED', 'CANCELLED')
+                   OR (j.state = 'STOPPING' AND (j.lease_until IS NULL OR j.lease_until < now())))
+              AND j.created < $1 %s
+            FOR UPDATE OF j
+        ), history AS (
+            DELETE FROM @schema@.django_dbq_jobevent WHERE job_id IN (SELECT id FROM doomed)
+        )
+        DELETE FROM @schema@.django_dbq_job WHERE id IN (SELECT id FROM doomed)
+    $sql$, kept) USING created_before;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    PERFORM set_config('dbq.retention', '', true);
+    PERFORM set_config('dbq.applying', '', true);
+    RETURN deleted;
+END
+$$;
