@@ -176,3 +176,65 @@ def backoff_of_attempt(job, attempt):
 
 def broken_backoff(job, attempt):
     raise ZeroDivisionError("backoff bug")
+
+
+# django-db-queue 3.3's hooks (its tests.py), which note what ran in the workspace.
+def output_pre_task_hook(job):
+    job.workspace["output"] = "pre task hook ran"
+    job.workspace["job_id"] = str(job.id)
+
+
+def output_post_task_hook(job):
+    job.workspace["output"] = "post task hook ran"
+    job.workspace["job_id"] = str(job.id)
+
+
+def saving_output_failure_hook(job, exception):
+    """3.3's failure hook, which saves: the worker no longer holds a failed job when it runs."""
+    job.workspace["output"] = "failure hook ran"
+    job.workspace["exception"] = str(exception)
+    job.workspace["job_id"] = str(job.id)
+    job.save()
+
+
+def failing_task(job):
+    raise Exception("uh oh")
+
+
+# The worker a test runs tasks in, for the tasks that stop it.
+WORKERS = []
+
+
+def _note_stopping_seen(job):
+    """With workspace["wait"], wait until the ledger says STOPPING (the heartbeat recorded it)."""
+    from django_dbq.models import Job
+
+    deadline = time.monotonic() + job.workspace.get("wait", 0)
+    state = Job.objects.get(pk=job.pk).state
+    while state != Job.STATES.STOPPING and time.monotonic() < deadline:
+        time.sleep(0.02)
+        state = Job.objects.get(pk=job.pk).state
+    CALLS.append(("seen", state))
+
+
+def shuts_down_its_worker(job):
+    WORKERS[-1].shutdown(signal.SIGTERM, None)
+    _note_stopping_seen(job)
+
+
+def signals_its_process(job):
+    os.kill(os.getpid(), signal.SIGTERM)
+    _note_stopping_seen(job)
+
+
+def cuts_its_connection(job):
+    """Has the database end the connection the task's worker records with (a restart, say)."""
+    import psycopg
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
+    with psycopg.connect(**params, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])

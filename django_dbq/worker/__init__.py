@@ -16,6 +16,7 @@ jobs whose lease ran out to their queue, and records `stopping` when a signal ar
 - outcomes.py: pending outcomes, recorded in one statement and settled
 - heartbeat.py: the heartbeat thread
 - signals.py: the signal handlers and the `stopping` event
+- compat.py: django-db-queue 3.3's `process_job` and `_process_job` (one job per call)
 - wait.py: LISTEN/NOTIFY while idle
 - supervisor.py: `--concurrency`: child processes, restarted when they die
 

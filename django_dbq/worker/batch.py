@@ -62,6 +62,10 @@ class Batches(Outcomes):
         if limit <= 0:
             self._flush()
             return []
+        return self._claim_up_to(limit)
+
+    def _claim_up_to(self, limit: int) -> list[Job]:
+        """Record the pending outcomes and claim up to `limit` jobs, now held."""
         # The outcomes of the batch just run go in the same round trip and commit.
         with self._sending:
             rows = self._record_and_claim(limit)

@@ -6,8 +6,11 @@ RECORD_WITHIN_SECONDS, and `stopping` for the running job once a signal arrived.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Iterator
 
 from django.db import DatabaseError, connections
 
@@ -21,7 +24,20 @@ logger = logging.getLogger("django_dbq.worker")
 
 
 class Heartbeat(Batches, SignalHandling):
-    """The body of the heartbeat thread that `Worker.run` starts."""
+    """The heartbeat thread that `Worker.run` and `Worker._process_job` run."""
+
+    @contextlib.contextmanager
+    def _beating(self) -> Iterator[None]:
+        """Run the heartbeat thread for the duration of the block."""
+        self._stopped.clear()
+        thread = threading.Thread(target=self._heartbeat, name="dbq-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stopped.set()
+            self._wake.set()
+            thread.join(timeout=10)
 
     def _heartbeat(self) -> None:
         """Renew leases, expire lapsed leases, release an overdue batch, record `stopping`."""

@@ -14,15 +14,19 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError
 
 from django_dbq.events.claims import expire_leases
 from django_dbq.projections.models import Job
-from django_dbq.runner import run_task
+from django_dbq.runner import Outcome, run_task
+from django_dbq.worker.compat import OneJobAtATime
 from django_dbq.worker.heartbeat import Heartbeat
 from django_dbq.worker.wait import Waiting
 
 logger = logging.getLogger("django_dbq.worker")
 
 
-class Worker(Heartbeat, Waiting):
-    """A worker for one queue; `run()` processes jobs until told to stop."""
+class Worker(Heartbeat, Waiting, OneJobAtATime):
+    """A worker for one queue; `run()` processes jobs until told to stop.
+
+    `process_job()` and `_process_job()` are django-db-queue 3.3's one-job step (compat.py).
+    """
 
     def __init__(
         self,
@@ -41,32 +45,31 @@ class Worker(Heartbeat, Waiting):
 
     def run(self) -> None:
         """Process jobs until stopped (or, with burst, until none is ready)."""
-        heartbeat = threading.Thread(target=self._heartbeat, name="dbq-heartbeat", daemon=True)
-        heartbeat.start()
-        backoff = 0.0
-        try:
-            while self.alive:
-                try:
-                    self.process_batch()
-                    backoff = 0.0
-                except DatabaseError as exc:
-                    backoff = min(max(backoff * 2, 0.25), 10.0)
-                    logger.warning(
-                        "event=database_error worker=%s error=%r retry_in=%.2fs",
-                        self.worker_id,
-                        str(exc),
-                        backoff,
-                    )
-                    self._close_connection()
-                    self._stop_requested.wait(backoff)
-        finally:
-            self._finish()
-            self._stop_listening()
-            self._stopped.set()
-            self._wake.set()
-            heartbeat.join(timeout=10)
+        with self._beating():
+            try:
+                self._loop()
+            finally:
+                self._finish()
+                self._stop_listening()
         if self._fatal is not None:
             raise self._fatal
+
+    def _loop(self) -> None:
+        backoff = 0.0
+        while self.alive:
+            try:
+                self.process_batch()
+                backoff = 0.0
+            except DatabaseError as exc:
+                backoff = min(max(backoff * 2, 0.25), 10.0)
+                logger.warning(
+                    "event=database_error worker=%s error=%r retry_in=%.2fs",
+                    self.worker_id,
+                    str(exc),
+                    backoff,
+                )
+                self._close_connection()
+                self._stop_requested.wait(backoff)
 
     def process_batch(self) -> None:
         """Record the last batch's outcomes and claim the next batch, then run it."""
@@ -88,6 +91,13 @@ class Worker(Heartbeat, Waiting):
         self._adapt_batch_size(time.monotonic() - self._batch_started)
 
     def _run_one(self, job: Job) -> None:
+        self._run_claimed(job)
+        if self.rate_limit_in_seconds and self.alive:
+            self._flush()
+            self._stop_requested.wait(self.rate_limit_in_seconds)
+
+    def _run_claimed(self, job: Job) -> Outcome:
+        """Run a held job's next task and hooks; the outcome is left pending (a failure's recorded)."""
         if job._dbq_came_back and self._pending:
             # Should this job kill the worker, the database blames the first
             # job of the batch still held: make that this one, not a finished
@@ -104,6 +114,8 @@ class Worker(Heartbeat, Waiting):
             self.worker_id,
         )
         outcome = run_task(job, self.worker_id)
+        if self._signalled:
+            self._record_stopping_now()
         self.current_job = None
         with self._lock:
             if not self._pending:
@@ -120,9 +132,18 @@ class Worker(Heartbeat, Waiting):
             self._awaiting_record.append(outcome)
             self._flush()
             self._run_after_hooks()
-        if self.rate_limit_in_seconds and self.alive:
-            self._flush()
-            self._stop_requested.wait(self.rate_limit_in_seconds)
+        return outcome
+
+    def _record_stopping_now(self) -> None:
+        """After a signal in the task: `stopping` before its outcome, unless the heartbeat sent it."""
+        try:
+            self._record_stopping()
+        except DatabaseError as exc:
+            # The outcome matters more: it is still recorded.
+            logger.warning(
+                "event=database_error worker=%s error=%r while=stopping", self.worker_id, str(exc)
+            )
+            self._close_connection()
 
     def _finish(self) -> None:
         """On the way out: give back unstarted jobs and record what finished."""

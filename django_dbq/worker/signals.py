@@ -35,16 +35,38 @@ class SignalHandling(WorkerState):
         self.alive = False
         self._stop_requested.set()
         self._wake.set()
+        job = self.current_job
+        if job is not None and job.pk not in self._held:
+            # django-db-queue 3.3 saved any current_job as STOPPING. Only the worker
+            # holding a job may record `stopping` (a NEW job cannot be STOPPING, and
+            # no role may forge a claim), so a job set here by hand stays as it is.
+            logger.warning(
+                "event=shutdown_job_not_held job=%s state=%s worker=%s reason=%r",
+                job.pk,
+                job.state,
+                self.worker_id,
+                "this worker did not claim the job; only its holder records stopping",
+            )
 
     def _record_stopping(self) -> None:
-        job = self.current_job
-        if self.alive or job is None or job.pk in self._stopping_sent:
-            return
-        self._stopping_sent.add(job.pk)
-        payload = jsonutil.dumps({"worker": self.worker_id})
-        append_held(self._key, [(job.pk, "stopping", payload)], using=self.using)
-        job.state = Job.STATES.STOPPING
-        logger.info("event=stopping job=%s worker=%s", job.pk, self.worker_id)
+        """After a signal: record `stopping` for the running job (from the heartbeat or the loop)."""
+        with self._stopping_lock:
+            job = self.current_job
+            if self.alive or job is None or job.pk in self._stopping_sent:
+                return
+            if job.pk not in self._held:
+                return  # not claimed by this worker (see shutdown)
+            payload = jsonutil.dumps({"worker": self.worker_id})
+            recorded = append_held(self._key, [(job.pk, "stopping", payload)], using=self.using)
+            if job.pk not in recorded:
+                # The lease was lost, or (from the heartbeat's own connection) the
+                # claim is not committed yet: tried again on the next wake-up and
+                # by the loop once the task ends.
+                return
+            self._stopping_sent.add(job.pk)
+            if job.state == Job.STATES.PROCESSING:  # not yet the task's outcome
+                job.state = Job.STATES.STOPPING
+            logger.info("event=stopping job=%s worker=%s", job.pk, self.worker_id)
 
     def _exit_if_grace_is_over(self) -> None:
         """From the heartbeat: past DBQ_SHUTDOWN_GRACE after the signal, exit as on a second one.

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django_dbq import conf
@@ -39,6 +40,8 @@ class WorkerState:
         self.using = using
         self.alive = True
         self.current_job: Job | None = None
+        # When process_job (django-db-queue 3.3's step) last ran a job; run() leaves it.
+        self.last_job_finished: datetime | None = None
         self.jobs_run = 0
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.worker_id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
@@ -66,6 +69,10 @@ class WorkerState:
         self._signalled = False
         self._signalled_at = 0.0
         self._stopping_sent: set[uuid.UUID] = set()
+        # Held while `stopping` is recorded, so that the loop, which records it
+        # itself when the heartbeat has not yet, never sends it twice or after
+        # the job's outcome.
+        self._stopping_lock = threading.Lock()
         self._batch_size = 1
         self._fatal: BaseException | None = None
         self._listening: Any = None

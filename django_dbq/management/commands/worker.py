@@ -1,20 +1,25 @@
 from __future__ import annotations
 
 import sys
+from time import sleep
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_dbq.worker import Worker, run_processes
 
-__all__ = ["Command", "Worker"]
+# As in django-db-queue 3.3: Worker.process_job sleeps through this module's
+# `sleep`, which tests patch ("django_dbq.management.commands.worker.sleep").
+__all__ = ["DEFAULT_QUEUE_NAME", "Command", "Worker", "sleep"]
+
+DEFAULT_QUEUE_NAME = "default"
 
 
 class Command(BaseCommand):
     help = "Run a queue worker process"
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("queue_name", nargs="?", default="default", type=str)
+        parser.add_argument("queue_name", nargs="?", default=DEFAULT_QUEUE_NAME, type=str)
         parser.add_argument(
             "--rate_limit",
             type=float,
@@ -48,7 +53,7 @@ class Command(BaseCommand):
             raise CommandError("--concurrency and --max-jobs take a whole number of at least 1.")
         self.stdout.write(
             f'Starting job worker for queue "{queue_name}" with rate limit of one job per '
-            f"{rate_limit:g} second(s)"
+            f"{_seconds(rate_limit)} second(s)"
         )
         if options["dry_run"]:
             return
@@ -64,3 +69,8 @@ class Command(BaseCommand):
         status = run_processes(options["concurrency"], work)
         if status:
             sys.exit(status)
+
+
+def _seconds(value: float) -> str:
+    """Seconds as django-db-queue 3.3 printed its whole number (1, 3600), else as given (0.5)."""
+    return str(int(value)) if float(value).is_integer() else str(value)
