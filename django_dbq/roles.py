@@ -48,6 +48,8 @@ WORKER_FUNCTIONS = (
     "dbq_expire_leases_v3(text, integer, jsonb)",
     # A task saves the job it runs (job.save()), proved by the worker's key.
     "dbq_save_held_v2(text, jsonb)",
+    # What a failure hook changed in the job the worker has just failed.
+    "dbq_save_failed_v1(text, jsonb)",
     # A task may enqueue more jobs.
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",

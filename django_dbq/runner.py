@@ -3,10 +3,11 @@
 The order and failure rules are django-db-queue's:
 - the pre-task hook runs first; if it raises, the task does not run and the job fails;
 - when the task (or pre-task hook) raises, and the job has no retry left, the
-  failure hook runs with (job, exception) once the `failed` event is recorded
-  (as django-db-queue saves the FAILED state before it runs the hook): a failure
-  that is not recorded (the worker lost its lease, or died) runs no failure
-  hook, since the job runs again;
+  failure hook runs with (job, exception) once the `failed` event is recorded: a
+  failure that is not recorded (the worker lost its lease, or died) runs no
+  failure hook, since the job runs again; what the failure hook and the
+  post-task hook after it change in the job is recorded after them (an
+  `updated` event), as django-db-queue saved the job after its hooks;
 - the post-task hook always runs last, also after a failure; if it raises, that is
   logged and the job's outcome stands.
 """
@@ -46,8 +47,9 @@ class Outcome:
     payload: str
     fatal: BaseException | None = None
     # Hooks that wait for the outcome to be recorded (a failure's): called with
-    # whether it was, by the worker's loop once the outcome is settled.
-    after: Callable[[bool], None] | None = None
+    # whether it was, by the worker's loop once the outcome is settled; returns
+    # the `updated` payload of what they changed in the job, or None.
+    after: Callable[[bool], str | None] | None = None
     recorded: bool | None = None
 
 
@@ -102,7 +104,7 @@ def run_task(job: Job, worker: str) -> Outcome:
     error: BaseException | None = None
     plan: _Plan | None = None
     retry_at: datetime | None = None
-    after: Callable[[bool], None] | None = None
+    after: Callable[[bool], str | None] | None = None
     try:
         # Looked up before the task runs: a job removed from JOBS, or a task no
         # longer in its list, fails here without running anything.
@@ -134,14 +136,26 @@ def run_task(job: Job, worker: str) -> Outcome:
     return outcome
 
 
-def _after_failure(plan: _Plan | None, job: Job, error: BaseException) -> Callable[[bool], None]:
-    """The failure and post-task hooks, to run once the job's `failed` event is or is not recorded."""
+def _after_failure(
+    plan: _Plan | None, job: Job, error: BaseException
+) -> Callable[[bool], str | None]:
+    """The failure and post-task hooks, to run once the job's `failed` event is or is not recorded.
 
-    def after(recorded: bool) -> None:
+    For a recorded failure, returns what the hooks changed in the job (as an
+    `updated` payload) for the worker to record, or None.
+    """
+
+    def after(recorded: bool) -> str | None:
+        from django_dbq.projections.writes import changes_since_tracking, start_tracking
+
+        if recorded:
+            # The job as its `failed` event left it.
+            start_tracking(job)
         if recorded and plan and plan.failure_hook:
             _run_hook(plan.failure_hook, "failure hook", job, error)
         if plan and plan.post_task_hook:
             _run_hook(plan.post_task_hook, "post-task hook", job)
+        return changes_since_tracking(job) if recorded else None
 
     return after
 

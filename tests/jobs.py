@@ -189,11 +189,16 @@ def output_post_task_hook(job):
     job.workspace["job_id"] = str(job.id)
 
 
-def saving_output_failure_hook(job, exception):
-    """3.3's failure hook, which saves: the worker no longer holds a failed job when it runs."""
+def output_failure_hook(job, exception):
+    """3.3's failure hook: it changes the workspace and leaves the save to the worker."""
     job.workspace["output"] = "failure hook ran"
     job.workspace["exception"] = str(exception)
     job.workspace["job_id"] = str(job.id)
+
+
+def saving_output_failure_hook(job, exception):
+    """The same, saving the job itself (an application's save: the worker holds it no longer)."""
+    output_failure_hook(job, exception)
     job.save()
 
 

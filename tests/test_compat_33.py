@@ -5,6 +5,7 @@ counts, orders and deletes them. Here each scenario also checks what the ledger
 recorded and that replaying it gives the live projection.
 """
 
+import time
 from datetime import datetime, timedelta
 from io import StringIO
 
@@ -248,3 +249,18 @@ def test_delete_old_jobs_command__prints_3_3s_line():
     call_command("delete_old_jobs", stdout=out)
     assert out.getvalue() == "Deleted old jobs\n"
     assert Job.objects.count() == 0
+
+
+def test_3_3s_module_names_are_there():
+    from django_dbq import models, tasks
+    from django_dbq.management.commands import worker
+
+    assert models.DEFAULT_DELETE_JOBS_AFTER_HOURS == 24
+    assert isinstance(Job.objects, models.JobManager)
+    assert (tasks.TASK_LIST_KEY, tasks.CREATION_HOOK_KEY) == ("tasks", "creation_hook")
+    assert tasks.get_next_task_name("twotasks") == "tests.jobs.task_one"
+    assert tasks.get_next_task_name("twotasks", "tests.jobs.task_one") == "tests.jobs.task_two"
+    assert tasks.get_next_task_name("twotasks", "tests.jobs.task_two") is None
+    assert tasks.get_creation_hook_name("hooked") == "tests.jobs.creation_hook"
+    assert worker.DEFAULT_QUEUE_NAME == "default"
+    assert worker.sleep is time.sleep

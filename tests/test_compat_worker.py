@@ -41,7 +41,12 @@ COMPAT_JOBS = {
     },
     "failing": {
         "tasks": ["tests.jobs.failing_task"],
+        "failure_hook": "tests.jobs.output_failure_hook",
+    },
+    "failing_saves": {
+        "tasks": ["tests.jobs.failing_task"],
         "failure_hook": "tests.jobs.saving_output_failure_hook",
+        "post_task_hook": "tests.jobs.output_post_task_hook",
     },
     "shuts_down": ["tests.jobs.shuts_down_its_worker"],
     "signals": ["tests.jobs.signals_its_process"],
@@ -221,9 +226,29 @@ def test__process_job__a_task_that_raises_fails_the_job_then_the_failure_hook_ru
     assert job.workspace["output"] == "failure hook ran"
     assert "uh oh" in job.workspace["exception"]
     assert job.workspace["job_id"] == str(job.id)
-    # The failure is recorded first; the hook's save is an `updated` of its own.
+    # The failure is recorded first; what the hook changed follows, recorded by
+    # the worker as 3.3's worker saved the job after its hooks.
     assert kinds(job) == ["created", "claimed", "failed", "updated"]
     assert job.events.get(kind="failed").payload["error"]["message"] == "uh oh"
+    assert job.events.get(kind="updated").payload == {"workspace": job.workspace}
+    assert verify_projection().ok
+
+
+def test__process_job__a_failure_hook_that_saves_and_a_post_hook_after_it_are_both_kept():
+    job = Job.objects.create(name="failing_saves")
+
+    Worker("default", 1)._process_job()
+
+    job = Job.objects.get()
+    assert (job.state, job.workspace["output"]) == ("FAILED", "post task hook ran")
+    assert job.workspace["exception"] == "uh oh"
+    # The hook's own save, then the worker's record of what the post hook changed.
+    assert kinds(job) == ["created", "claimed", "failed", "updated", "updated"]
+    updates = job.events.filter(kind="updated").order_by("version")
+    assert [u.payload["workspace"]["output"] for u in updates] == [
+        "failure hook ran",
+        "post task hook ran",
+    ]
     assert verify_projection().ok
 
 

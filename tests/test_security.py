@@ -397,6 +397,35 @@ def test_worker__saves_only_the_job_it_holds(owned, owner):
     assert events(owner, other) == ["created"]
 
 
+def test_worker__saves_what_hooks_changed_only_in_a_job_it_failed_itself(owned, owner):
+    failed, done = create_job(owner, queue="hooks"), create_job(owner, queue="hooks")
+    key = new_worker_key()
+    save = (
+        "SELECT job_id FROM dbq_save_failed_v1(%s, jsonb_build_array(jsonb_build_object("
+        "'job_id', %s::uuid, 'payload', %s::jsonb)))"
+    )
+    workspace = Jsonb({"workspace": {"hook": 1}})
+    with owned.connect("worker") as conn:
+        claim(conn, key, queue="hooks")
+        # Held, not failed: not this function's.
+        assert conn.execute(save, [key, failed, workspace]).fetchall() == []
+        conn.execute(
+            "SELECT * FROM dbq_record_outcomes_v1(%s, jsonb_build_array("
+            "jsonb_build_object('job_id', %s::uuid, 'kind', 'failed', 'payload', '{}'::jsonb),"
+            "jsonb_build_object('job_id', %s::uuid, 'kind', 'completed', 'payload', '{}'::jsonb)))",
+            [key, failed, done],
+        )
+        assert conn.execute(save, [new_worker_key(), failed, workspace]).fetchall() == []
+        assert conn.execute(save, [key, done, workspace]).fetchall() == []
+        with pytest.raises(psycopg.DatabaseError, match="not a change of state"):
+            conn.execute(save, [key, failed, Jsonb({"state": "READY"})])
+        with pytest.raises(psycopg.DatabaseError, match="may not set lease_key"):
+            conn.execute(save, [key, failed, Jsonb({"lease_key": "x"})])
+        assert conn.execute(save, [key, failed, workspace]).fetchall() == [(failed,)]
+    assert events(owner, failed) == ["created", "claimed", "failed", "updated"]
+    assert events(owner, done) == ["created", "claimed", "completed"]
+
+
 @pytest.mark.parametrize(
     "run_after", ["13/01/2030 00:00", "now", "2030-01-01 00:00", "2030-01-01T00:00:00", "tomorrow"]
 )
@@ -713,6 +742,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_release_jobs_v1": ["app"],
         "dbq_renew_leases_v2": ["worker"],
         "dbq_requeue_jobs_v2": ["app"],
+        "dbq_save_failed_v1": ["worker"],
         "dbq_save_held_v1": ["worker"],
         "dbq_save_held_v2": ["worker"],
         "dbq_update_jobs_v1": ["app"],

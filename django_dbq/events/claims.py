@@ -137,6 +137,14 @@ def save_held(
     return [Appended(job_id, version, from_epoch(at)) for job_id, version, at in rows]
 
 
+def save_failed(
+    key: str, events: Sequence[tuple[uuid.UUID, str, str]], using: str = DEFAULT_DB_ALIAS
+) -> list[Appended]:
+    """After a failure's hooks: `updated` events for jobs the worker has just failed."""
+    rows = _execute("jobs_save_failed", {"key": key, "events": encode_events(events)}, using)
+    return [Appended(job_id, version, from_epoch(at)) for job_id, version, at in rows]
+
+
 def renew_leases(
     key: str, job_ids: Sequence[uuid.UUID], lease_seconds: float, using: str = DEFAULT_DB_ALIAS
 ) -> set[uuid.UUID]:

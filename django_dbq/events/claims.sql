@@ -34,6 +34,10 @@ SELECT * FROM dbq_record_and_claim_v2(
 -- job.save() inside a task: `updated` events for jobs the worker holds.
 SELECT * FROM dbq_save_held_v2(%(key)s::text, %(events)s::jsonb)
 
+-- name: jobs_save_failed
+-- What the failure and post-task hooks changed in jobs the worker has just failed.
+SELECT * FROM dbq_save_failed_v1(%(key)s::text, %(events)s::jsonb)
+
 -- name: jobs_renew_leases
 -- The heartbeat: extend the worker's lease on the jobs it holds.
 SELECT * FROM dbq_renew_leases_v2(%(key)s::text, %(job_ids)s::uuid[], %(lease_seconds)s::float8)

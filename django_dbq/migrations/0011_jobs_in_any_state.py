@@ -3,6 +3,10 @@
 - dbq_create_job_v2 and dbq_create_jobs_v2 create a job in any of the six
   states django-db-queue 3.3 had, PROCESSING and STOPPING included: such a job
   is held by no worker, and lease expiry gives it back to its queue.
+- dbq_save_failed_v1 (granted to the roles that may run dbq_save_held_v1):
+  the worker records what a failure hook and the post-task hook after it
+  changed in the job it has just failed, as django-db-queue saved the job after
+  its hooks.
 - dbq_update_jobs_v2 and dbq_save_held_v2 take `created` among a save's fields
   (django-db-queue's users age a job that way before delete_old); the fold
   (dbq_fold_events_v2, called by the ledger's trigger dbq_apply_events_v5 and
@@ -42,6 +46,7 @@ NEW_FUNCTIONS = [
     "dbq_update_jobs_v2(jsonb)",
     "dbq_append_updates_v2(jsonb, text)",
     "dbq_save_held_v2(text, jsonb)",
+    "dbq_save_failed_v1(text, jsonb)",
     "dbq_fold_events_v2(django_dbq_jobevent[])",
     "dbq_apply_events_v5()",
     "dbq_replay_events_v5(timestamptz, uuid[], bigint)",
@@ -50,21 +55,27 @@ NEW_FUNCTIONS = [
     "dbq_replay_copy_scratch_v5(timestamptz, uuid[], bigint)",
 ]
 
-SUCCESSORS = {
-    "dbq_create_job_v1(uuid, jsonb)": "dbq_create_job_v2(uuid, jsonb)",
-    "dbq_create_jobs_v1(jsonb)": "dbq_create_jobs_v2(jsonb)",
-    "dbq_update_jobs_v1(jsonb)": "dbq_update_jobs_v2(jsonb)",
-    "dbq_save_held_v1(text, jsonb)": "dbq_save_held_v2(text, jsonb)",
-    "dbq_fold_events_scratch_v1(django_dbq_jobevent[])": (
-        "dbq_fold_events_scratch_v2(django_dbq_jobevent[])"
+# (old, new): every role that may execute old is granted new.
+GRANTS_LIKE = [
+    ("dbq_create_job_v1(uuid, jsonb)", "dbq_create_job_v2(uuid, jsonb)"),
+    ("dbq_create_jobs_v1(jsonb)", "dbq_create_jobs_v2(jsonb)"),
+    ("dbq_update_jobs_v1(jsonb)", "dbq_update_jobs_v2(jsonb)"),
+    ("dbq_save_held_v1(text, jsonb)", "dbq_save_held_v2(text, jsonb)"),
+    # A new function, for the roles that save the jobs they run.
+    ("dbq_save_held_v1(text, jsonb)", "dbq_save_failed_v1(text, jsonb)"),
+    (
+        "dbq_fold_events_scratch_v1(django_dbq_jobevent[])",
+        "dbq_fold_events_scratch_v2(django_dbq_jobevent[])",
     ),
-    "dbq_replay_events_scratch_v4(timestamptz, uuid[], bigint)": (
-        "dbq_replay_events_scratch_v5(timestamptz, uuid[], bigint)"
+    (
+        "dbq_replay_events_scratch_v4(timestamptz, uuid[], bigint)",
+        "dbq_replay_events_scratch_v5(timestamptz, uuid[], bigint)",
     ),
-    "dbq_replay_copy_scratch_v4(timestamptz, uuid[], bigint)": (
-        "dbq_replay_copy_scratch_v5(timestamptz, uuid[], bigint)"
+    (
+        "dbq_replay_copy_scratch_v4(timestamptz, uuid[], bigint)",
+        "dbq_replay_copy_scratch_v5(timestamptz, uuid[], bigint)",
     ),
-}
+]
 
 # Superseded and no longer called: dropped, reinstalled on the way back.
 DROPPED = [
@@ -90,7 +101,7 @@ def install_functions(apps, schema_editor):
     # install_sql revokes EXECUTE from PUBLIC on every function it creates.
     for name in SQL_FILES:
         install_sql(schema_editor, "django_dbq.migrations", f"sql/{name}")
-    _grant(schema_editor, SUCCESSORS.items())
+    _grant(schema_editor, GRANTS_LIKE)
 
 
 def drop_new_functions(apps, schema_editor):
@@ -112,7 +123,7 @@ def drop_superseded(apps, schema_editor):
 def reinstall_superseded(apps, schema_editor):
     for name in DROPPED_FROM:
         install_sql(schema_editor, "django_dbq.migrations", f"sql/{name}")
-    _grant(schema_editor, ((new, old) for old, new in SUCCESSORS.items() if old in DROPPED))
+    _grant(schema_editor, ((new, old) for old, new in GRANTS_LIKE if old in DROPPED))
 
 
 class Migration(migrations.Migration):

@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
 from django_dbq.events.append import append_created, append_created_batches, append_updates
-from django_dbq.exceptions import InvalidJobError, JobConfigError, JobGoneError
+from django_dbq.exceptions import DbqError, InvalidJobError, JobConfigError, JobGoneError
 
 if TYPE_CHECKING:
     from django_dbq.projections.models import Job
@@ -131,6 +131,42 @@ def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) ->
     else:
         (appended,) = append_updates([(job.pk, "updated", payload)], using=using)
     _mark_saved(job, using, version=appended.version, at=appended.at, snapshot=_snapshot(job))
+
+
+def start_tracking(job: Job) -> None:
+    """From now on, changes_since_tracking(job) says what changed in job."""
+    job.__dict__["_dbq_loaded"] = _snapshot(job)
+
+
+def changes_since_tracking(job: Job) -> str | None:
+    """The `updated` payload of what changed in job since start_tracking (or its last save), but its state.
+
+    None when nothing did. A change that cannot be stored is logged and left out.
+    """
+    changes = _changed_fields(job, None)
+    if changes.pop("state", None) is not None:
+        logger.warning(
+            "A hook set job id=%s to state %s; the state of a failed job stays FAILED "
+            "(requeue it with job.requeue())",
+            job.pk,
+            _shown(job.state),
+        )
+    try:
+        for field, value in changes.items():
+            _check_field(field, value)
+        return (
+            jsonutil.dumps({f: _to_json(f, v) for f, v in changes.items()}, "workspace")
+            if changes
+            else None
+        )
+    except DbqError as error:
+        logger.error("What the hooks changed in job id=%s is not recorded: %s", job.pk, error)
+        return None
+
+
+def mark_recorded(job: Job, using: str, version: int, at: datetime.datetime) -> None:
+    """The job as an `updated` event at `version` left it."""
+    _mark_saved(job, using, version=version, at=at, snapshot=_snapshot(job))
 
 
 def _loaded_state(job: Job) -> Any:

@@ -8,7 +8,9 @@ import uuid
 
 from django.db import DatabaseError
 
-from django_dbq.events.claims import append_held
+from django_dbq.events.claims import append_held, save_failed
+from django_dbq.projections.models import Job
+from django_dbq.projections.writes import mark_recorded
 from django_dbq.runner import Outcome
 from django_dbq.worker.state import WorkerState
 
@@ -96,4 +98,27 @@ class Outcomes(WorkerState):
         if settled:
             self._awaiting_record = [o for o in self._awaiting_record if o.recorded is None]
             for outcome in settled:
-                outcome.after(outcome.recorded)
+                changes = outcome.after(outcome.recorded)
+                if changes is not None:
+                    self._save_failed(outcome.job, changes)
+
+    def _save_failed(self, job: Job, changes: str) -> None:
+        """Record what a failure's hooks changed in its job; the failure stands if this fails."""
+        try:
+            saved = save_failed(self._key, [(job.pk, "updated", changes)], using=self.using)
+        except DatabaseError as exc:
+            logger.warning(
+                "event=database_error worker=%s error=%r while=saving_failed_job job=%s",
+                self.worker_id,
+                str(exc),
+                job.pk,
+            )
+            return
+        if not saved:
+            # Something happened to the job since its failure (a requeue, a save).
+            logger.warning(
+                "event=hook_changes_not_recorded job=%s worker=%s", job.pk, self.worker_id
+            )
+            return
+        (appended,) = saved
+        mark_recorded(job, self.using, version=appended.version, at=appended.at)

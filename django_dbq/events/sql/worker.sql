@@ -2,7 +2,7 @@
 -- the tables' owner (SECURITY DEFINER), granted to the worker role. Claiming locks
 -- projection rows, which PostgreSQL allows only to roles that may UPDATE the
 -- table; running these as the owner lets a worker role do its work with no write
--- right on either table. What is installed now (migration 0008); @schema@ and the
+-- right on either table. What is installed now (migration 0011); @schema@ and the
 -- search_path rule are explained at the top of projections/sql/apply.sql.
 --
 -- Migration 0008 superseded dbq_claim_jobs_v2, dbq_record_and_claim_v1 and
@@ -318,6 +318,57 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT * FROM @schema@.dbq_append_updates_v2(
         events::jsonb, @schema@.dbq_lease_key_v1(p_key::text));
+END
+$$;
+
+
+-- dbq_save_failed_v1: what the failure and post-task hooks changed in jobs this
+-- worker has just failed, one `updated` event per job (django-db-queue saved
+-- the job after its hooks; here the hooks run once `failed` is recorded, when
+-- the worker no longer holds the job). Only for a job still FAILED whose last
+-- claim was made with `p_key`: the worker that ran it (a hook's own save may
+-- come between). The fields are those of a save, without `state`. `events` is a JSON array of {job_id, payload}; returns what
+-- dbq_update_jobs_v2 does.
+CREATE OR REPLACE FUNCTION @schema@.dbq_save_failed_v1(p_key text, events jsonb)
+RETURNS TABLE (job_id uuid, version integer, at float8)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    key_hash text := @schema@.dbq_lease_key_v1(p_key::text);
+BEGIN
+    RETURN QUERY
+    WITH incoming AS (
+        SELECT *
+        FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
+            WITH ORDINALITY AS i(job_id, payload, n)
+    ), failed AS (
+        SELECT j.id, j.version
+        FROM @schema@.django_dbq_job j
+        WHERE j.id IN (SELECT i.job_id FROM incoming i) AND j.state = 'FAILED'
+        FOR NO KEY UPDATE
+    ), mine AS (
+        SELECT f.id, f.version
+        FROM failed f
+        WHERE (SELECT e.payload ->> 'lease_key'
+               FROM @schema@.django_dbq_jobevent e
+               WHERE e.job_id = f.id AND e.kind = 'claimed'
+               ORDER BY e.version DESC
+               LIMIT 1) = key_hash
+    ), appended AS (
+        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+        SELECT i.job_id, m.version + 1, 'updated', CASE
+            WHEN NOT i.payload ? 'state' AND @schema@.dbq_is_saved_fields_v1(i.payload)
+                THEN i.payload
+            WHEN i.payload ? 'state'
+                THEN @schema@.dbq_refuse_save_v1('a change of state', i.payload::jsonb)
+            ELSE @schema@.dbq_refuse_save_v1('updated', i.payload::jsonb)
+            END
+        FROM incoming i
+        JOIN mine m ON m.id = i.job_id
+        ORDER BY i.n
+        RETURNING job_id, version, at
+    )
+    SELECT a.job_id, a.version::integer, extract(epoch FROM a.at)::float8 FROM appended a;
 END
 $$;
 
