@@ -1,13 +1,16 @@
-"""A database created by django-db-queue 3.3 upgrades in place with `manage.py migrate`."""
+"""A database created by django-db-queue (1.x to 3.3) upgrades in place with `manage.py migrate`."""
 
+import json
 import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from django_dbq.testing import with_database
 
@@ -22,34 +25,44 @@ def url_for(database):
 
 
 @pytest.fixture
-def old_database():
-    """A scratch database holding what django-db-queue 3.3 left behind."""
+def scratch_database():
+    """An empty database of its own, dropped afterwards."""
     name = f"dbq_upgrade_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url_for("postgres"), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        with psycopg.connect(url_for(name), autocommit=True) as conn:
-            conn.execute((ROOT / "tests/fixtures/django_db_queue_3_3.sql").read_text())
         yield url_for(name)
     finally:
         with psycopg.connect(url_for("postgres"), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def manage(url, *args):
+@pytest.fixture
+def old_database(scratch_database):
+    """A scratch database holding what django-db-queue 3.3 left behind."""
+    run_sql(scratch_database, (ROOT / "tests/fixtures/django_db_queue_3_3.sql").read_text())
+    return scratch_database
+
+
+def manage(url, *args, settings="tests.settings", **env):
     return subprocess.run(
-        [sys.executable, "-m", "django", *args, "--settings=tests.settings"],
+        [sys.executable, "-m", "django", *args, f"--settings={settings}"],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
+        env={**os.environ, "DATABASE_URL": url, **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def rows(url, sql):
+def rows(url, sql, params=None):
     with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, params).fetchall()
+
+
+def run_sql(url, sql, params=None):
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql, params)
 
 
 def test_upgrade__keeps_every_job_and_gives_it_an_imported_history(old_database):
@@ -95,7 +108,7 @@ def has_right(url, role, table, right):
 
 
 def test_upgrade__to_0007_takes_back_old_write_grants_and_migrates_back_and_forth(old_database):
-    assert manage(old_database, "migrate", "django_dbq", "0006").returncode == 0
+    assert manage(old_database, "migrate", "django_dbq", "0006_apply_events_v3").returncode == 0
     role = f"dbq_t_old_app_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(old_database, autocommit=True) as conn:
         conn.execute(f'CREATE ROLE "{role}"')  # test constants, not input
@@ -111,7 +124,7 @@ def test_upgrade__to_0007_takes_back_old_write_grants_and_migrates_back_and_fort
         assert not has_right(old_database, "public", "django_dbq_job", "UPDATE")
         assert rows(old_database, "SELECT to_regproc('dbq_apply_events_v3') IS NULL") == [(True,)]
 
-        back = manage(old_database, "migrate", "django_dbq", "0006")
+        back = manage(old_database, "migrate", "django_dbq", "0006_apply_events_v3")
         assert back.returncode == 0, back.stderr
         assert rows(old_database, "SELECT to_regproc('dbq_apply_events_v3') IS NULL") == [(False,)]
         again = manage(old_database, "migrate")
@@ -168,3 +181,160 @@ def test_upgrade__to_0008_and_0010_gives_old_roles_the_functions_that_succeed_th
         with psycopg.connect(old_database, autocommit=True) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE "{role}"')
+
+
+# django-db-queue releases: the states their Job model had, and the last migration
+# each ships (their migrations are vendored verbatim in tests/fixtures/releases).
+STATES_1X_2X = ("NEW", "READY", "PROCESSING", "FAILED", "COMPLETE")
+STATES_3X = ("NEW", "READY", "PROCESSING", "STOPPING", "FAILED", "COMPLETE")
+RELEASES = {
+    "1.3.1": (STATES_1X_2X, "0003_auto_20180713_1000"),
+    "2.1.1": (STATES_1X_2X, "0005_job_run_after"),
+    "3.0.0": (STATES_3X, "0006_alter_job_state"),
+    "3.3.0": (STATES_3X, "0006_alter_job_state"),
+}
+WORKSPACES = [
+    {"one": True, "nested": {"a": [1, 2]}},
+    {"user_id": 42, "name": "café ☕", "ratio": 1.5},
+    {},
+    # jsonfield's encoder (1.x) stored datetimes and decimals as strings.
+    {"when": "2018-07-13T10:00:00Z", "amount": "12.50", "list": [None, "x", -3]},
+]
+EPOCH = datetime(2019, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+TWO_TASKS = uuid.UUID("00000000-0000-4000-8000-0000000000aa")
+
+
+def build_release(url, release):
+    """A database at a django-db-queue release's schema, made by that release's migrations."""
+    made = manage(
+        url,
+        "migrate",
+        "django_dbq",
+        settings="tests.fixtures.releases.settings",
+        DBQ_TEST_RELEASE=release,
+    )
+    assert made.returncode == 0, made.stderr
+    recorded = rows(url, "SELECT name FROM django_migrations WHERE app = 'django_dbq' ORDER BY id")
+    assert recorded[-1] == (RELEASES[release][1],)
+
+
+def release_jobs(release):
+    """Jobs in every state the release had, with the fields its table had."""
+    states, _ = RELEASES[release]
+    jobs = [
+        {
+            "id": uuid.UUID(f"00000000-0000-4000-8000-{i + 1:012d}"),
+            "created": EPOCH + timedelta(seconds=i),
+            "modified": EPOCH + timedelta(hours=1, seconds=i),
+            "name": "testjob",
+            "state": state,
+            "next_task": "" if state == "COMPLETE" else "tests.jobs.task_one",
+            "workspace": WORKSPACES[i % len(WORKSPACES)],
+            "queue_name": "default" if i % 2 == 0 else "other",
+            "priority": i - 2,
+            "run_after": None,
+        }
+        for i, state in enumerate(states)
+    ]
+    jobs.append({**jobs[-2], "id": uuid.UUID(int=7), "workspace": None, "state": "FAILED"})
+    jobs.append(
+        {
+            **jobs[0],
+            "id": TWO_TASKS,
+            "name": "twotasks",
+            "state": "READY",
+            "next_task": "tests.jobs.task_two",
+            "workspace": {"one": True},
+            "priority": 3,
+        }
+    )
+    if release != "1.3.1":  # 0005_job_run_after
+        jobs[1]["run_after"] = EPOCH - timedelta(days=1)
+        jobs[-2]["run_after"] = datetime(2030, 6, 1, 12, tzinfo=UTC)
+    return jobs
+
+
+def insert_jobs(url, release, jobs):
+    """Store the jobs as the release did: 1.x's workspace is jsonfield's JSON text."""
+    columns = [c for c in COLUMNS.split(", ") if release != "1.3.1" or c != "run_after"]
+    placeholders = ", ".join(["%s"] * len(columns))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for job in jobs:
+            values = {**job, "workspace": stored_workspace(release, job["workspace"])}
+            conn.execute(
+                f"INSERT INTO django_dbq_job ({', '.join(columns)}) VALUES ({placeholders})",
+                [values[c] for c in columns],  # column names are test constants
+            )
+
+
+def stored_workspace(release, workspace):
+    if workspace is None:
+        return None
+    if release == "1.3.1":  # jsonfield 2.0.2: json.dumps with compact separators
+        return json.dumps(workspace, separators=(",", ":"))
+    return Jsonb(workspace)
+
+
+def as_row(job):
+    return tuple(job[c] for c in COLUMNS.split(", "))
+
+
+def old_release_database(url, release):
+    """A database made by a release's migrations, holding its jobs; returns the jobs."""
+    build_release(url, release)
+    jobs = release_jobs(release)
+    insert_jobs(url, release, jobs)
+    return jobs
+
+
+def assert_upgraded(url, jobs):
+    """migrate works, every job is kept with one imported `created` event, replay agrees."""
+    migrated = manage(url, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    expected = sorted(as_row(job) for job in jobs)
+    assert rows(url, f"SELECT {COLUMNS} FROM django_dbq_job ORDER BY id") == expected
+    events = rows(
+        url,
+        "SELECT job_id, version, kind, payload->'imported' FROM django_dbq_jobevent ORDER BY job_id",
+    )
+    assert events == [(row[0], 1, "created", True) for row in expected]
+    verified = manage(url, "replay_events", "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith(f"ok: replaying {len(jobs)} events")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_upgrade__from_each_release_keeps_every_job_and_the_queue_runs(scratch_database, release):
+    jobs = old_release_database(scratch_database, release)
+
+    assert_upgraded(scratch_database, jobs)
+    created = manage(
+        scratch_database,
+        "shell",
+        "-c",
+        "from django_dbq.models import Job; print(Job.objects.create(name='testjob').pk)",
+    )
+    assert created.returncode == 0, created.stderr
+    ran = manage(scratch_database, "worker", "--burst")
+    assert ran.returncode == 0, ran.stderr
+    new = created.stdout.split()[-1]
+    finished = "SELECT state, workspace FROM django_dbq_job WHERE id = %s"
+    assert rows(scratch_database, finished, [new]) == [("COMPLETE", {"one": True})]
+    assert rows(scratch_database, finished, [TWO_TASKS]) == [
+        ("COMPLETE", {"one": True, "two": True})
+    ]
+    assert manage(scratch_database, "replay_events", "--verify").returncode == 0
+
+
+def test_upgrade__from_1x_turns_jsonfield_text_into_jsonb(scratch_database):
+    old_release_database(scratch_database, "1.3.1")
+    column = "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'django_dbq_job'::regclass AND attname = 'workspace'"
+    assert rows(scratch_database, column) == [("text",)]
+
+    assert manage(scratch_database, "migrate").returncode == 0
+    assert rows(scratch_database, column) == [("jsonb",)]
+    assert rows(
+        scratch_database,
+        "SELECT workspace->>'name', workspace IS NULL FROM django_dbq_job WHERE id IN (%s, %s) ORDER BY id",
+        [uuid.UUID(int=7), uuid.UUID("00000000-0000-4000-8000-000000000002")],
+    ) == [(None, True), ("café ☕", False)]

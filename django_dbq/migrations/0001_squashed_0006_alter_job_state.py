@@ -1,8 +1,9 @@
 """The Job table as django-db-queue 3.x left it.
 
-It replaces the six migrations of django-db-queue 3.x, so a database that ran
-them upgrades in place and a fresh one reaches the same schema; the ledger
-starts in 0002.
+It replaces the six migrations of django-db-queue (0001_initial to
+0006_alter_job_state, shipped beside it): a fresh database runs this one, a
+database that ran all six counts it as applied, and one that ran some of them (1.x,
+2.x) runs the rest of them instead. The ledger starts in 0002.
 """
 
 import uuid
