@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -338,3 +339,34 @@ def test_upgrade__from_1x_turns_jsonfield_text_into_jsonb(scratch_database):
         "SELECT workspace->>'name', workspace IS NULL FROM django_dbq_job WHERE id IN (%s, %s) ORDER BY id",
         [uuid.UUID(int=7), uuid.UUID("00000000-0000-4000-8000-000000000002")],
     ) == [(None, True), ("café ☕", False)]
+
+
+# A 3.3 table of this many more jobs is imported in three INSERTs of up to 10,000.
+MANY_JOBS = """
+INSERT INTO django_dbq_job
+SELECT md5(i::text)::uuid, timestamptz '2024-01-01' + (i %% 7) * interval '1 second', now(),
+       'testjob', 'NEW', 'tests.jobs.task_one', jsonb_build_object('i', i), 'default', 0, NULL
+FROM generate_series(1, %s) AS i
+"""
+
+
+def test_upgrade__imports_jobs_in_batches_oldest_first(old_database):
+    run_sql(old_database, MANY_JOBS, [20_000])
+
+    # Counts the calls of PL/pgSQL functions: the ledger trigger's, once per INSERT.
+    migrated = manage(
+        old_database, "migrate", "django_dbq", "0002_ledger", PGOPTIONS="-c track_functions=pl"
+    )
+    assert migrated.returncode == 0, migrated.stderr
+
+    calls = "SELECT calls FROM pg_stat_user_functions WHERE funcname = 'dbq_apply_statement_v1'"
+    deadline = time.monotonic() + 10
+    while not rows(old_database, calls) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the backend reports its counts as it exits
+    assert rows(old_database, calls) == [(3,)]
+    in_order = """
+        SELECT array_agg(e.job_id ORDER BY e.id) = array_agg(j.id ORDER BY j.created, j.id)
+        FROM django_dbq_jobevent e JOIN django_dbq_job j ON j.id = e.job_id
+    """
+    assert rows(old_database, in_order) == [(True,)]
+    assert rows(old_database, "SELECT count(*) FROM django_dbq_jobevent") == [(20_006,)]
