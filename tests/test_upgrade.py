@@ -203,6 +203,16 @@ WORKSPACES = [
 ]
 EPOCH = datetime(2019, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 TWO_TASKS = uuid.UUID("00000000-0000-4000-8000-0000000000aa")
+ORIGINALS = [
+    "0001_initial",
+    "0002_auto_20151016_1027",
+    "0003_auto_20180713_1000",
+    "0004_auto_20210818_0247",
+    "0005_job_run_after",
+    "0006_alter_job_state",
+]
+SQUASH = "0001_squashed_0006_alter_job_state"
+FAKE_SQUASH = f"manage.py migrate django_dbq {SQUASH} --fake"
 
 
 def build_release(url, release):
@@ -370,3 +380,199 @@ def test_upgrade__imports_jobs_in_batches_oldest_first(old_database):
     """
     assert rows(old_database, in_order) == [(True,)]
     assert rows(old_database, "SELECT count(*) FROM django_dbq_jobevent") == [(20_006,)]
+
+
+FIRST = {
+    name: "text"
+    for name in ("id", "created", "modified", "name", "state", "next_task", "queue_name")
+}
+
+
+@pytest.mark.parametrize(
+    ("columns", "ledger", "last"),
+    [
+        ({}, False, None),
+        ({**FIRST, "workspace": "text"}, False, "0002_auto_20151016_1027"),
+        ({**FIRST, "workspace": "text", "priority": "smallint"}, False, "0003_auto_20180713_1000"),
+        ({**FIRST, "workspace": "jsonb", "priority": "smallint"}, False, "0004_auto_20210818_0247"),
+        (
+            {**FIRST, "workspace": "jsonb", "priority": "smallint", "run_after": "timestamptz"},
+            True,
+            "0006_alter_job_state",
+        ),
+    ],
+)
+def test_upgrade__the_job_tables_columns_show_which_old_migrations_ran(columns, ledger, last):
+    from django_dbq.upgrade import migrations_shown
+
+    shown = migrations_shown(columns, ledger)
+
+    assert shown == tuple(ORIGINALS[: ORIGINALS.index(last) + 1] if last else [])
+
+
+def test_upgrade__a_table_no_release_made_shows_no_migrations():
+    from django_dbq.upgrade import migrations_shown
+
+    assert (
+        migrations_shown({**FIRST, "workspace": "text", "run_after": "timestamptz"}, False) is None
+    )
+    assert migrations_shown({**FIRST, "workspace": "text"}, True) is None
+
+
+def fixture_jobs(url):
+    return [
+        dict(zip(COLUMNS.split(", "), row, strict=True))
+        for row in rows(url, f"SELECT {COLUMNS} FROM django_dbq_job")
+    ]
+
+
+def test_upgrade__a_gap_in_the_records_stops_migrate_with_the_record_to_add(old_database):
+    jobs = fixture_jobs(old_database)
+    run_sql(
+        old_database,
+        "DELETE FROM django_migrations WHERE app = 'django_dbq' AND name = '0003_auto_20180713_1000'",
+    )
+
+    stopped = manage(old_database, "migrate")
+    assert stopped.returncode == 1
+    assert "django_dbq.E013" in stopped.stderr
+    assert "records django_dbq.0004_auto_20210818_0247 but not 0003_auto_20180713_1000" in (
+        stopped.stderr
+    )
+    fix = (
+        "INSERT INTO django_migrations (app, name, applied) VALUES "
+        "('django_dbq', '0003_auto_20180713_1000', now());"
+    )
+    assert fix in stopped.stderr
+    assert rows(old_database, "SELECT to_regclass('django_dbq_jobevent')") == [(None,)]
+
+    run_sql(old_database, fix)
+    assert_upgraded(old_database, jobs)
+
+
+def test_upgrade__ledger_recorded_without_the_last_old_ones_stops_migrate_with_the_records_to_add(
+    old_database,
+):
+    assert manage(old_database, "migrate").returncode == 0
+    run_sql(
+        old_database,
+        "DELETE FROM django_migrations WHERE app = 'django_dbq' AND name IN "
+        "('0005_job_run_after', '0006_alter_job_state')",
+    )
+
+    stopped = manage(old_database, "migrate")
+    assert stopped.returncode == 1
+    assert "records django_dbq.0002_ledger but not 0006_alter_job_state" in stopped.stderr
+    fix = (
+        "INSERT INTO django_migrations (app, name, applied) VALUES "
+        "('django_dbq', '0005_job_run_after', now()), ('django_dbq', '0006_alter_job_state', now());"
+    )
+    assert fix in stopped.stderr
+
+    run_sql(old_database, fix)
+    again = manage(old_database, "migrate")
+    assert again.returncode == 0, again.stderr
+    assert "No migrations to apply" in again.stdout
+    assert manage(old_database, "replay_events", "--verify").returncode == 0
+
+
+def test_upgrade__a_table_without_records_stops_migrate_which_says_to_fake_the_squash(
+    old_database,
+):
+    jobs = fixture_jobs(old_database)
+    run_sql(old_database, "DELETE FROM django_migrations WHERE app = 'django_dbq'")
+
+    stopped = manage(old_database, "migrate")
+    assert stopped.returncode == 1
+    assert "django_dbq_job exists, but django_migrations records none" in stopped.stderr
+    assert FAKE_SQUASH in stopped.stderr and "Traceback" not in stopped.stderr
+
+    faked = manage(old_database, "migrate", "django_dbq", SQUASH, "--fake")
+    assert faked.returncode == 0, faked.stderr
+    assert_upgraded(old_database, jobs)
+
+
+def test_upgrade__a_1x_table_without_records_stops_migrate_with_the_records_to_add(
+    scratch_database,
+):
+    jobs = old_release_database(scratch_database, "1.3.1")
+    run_sql(scratch_database, "DELETE FROM django_migrations WHERE app = 'django_dbq'")
+
+    stopped = manage(scratch_database, "migrate")
+    assert stopped.returncode == 1
+    fix = (
+        "INSERT INTO django_migrations (app, name, applied) VALUES "
+        "('django_dbq', '0001_initial', now()), ('django_dbq', '0002_auto_20151016_1027', now()), "
+        "('django_dbq', '0003_auto_20180713_1000', now());"
+    )
+    assert fix in stopped.stderr and f"Do not fake {SQUASH}" in stopped.stderr
+
+    run_sql(scratch_database, fix)
+    assert_upgraded(scratch_database, jobs)
+
+
+def test_upgrade__a_1x_table_faked_to_3x_stops_0002_ledger_with_the_records_to_drop(
+    scratch_database,
+):
+    jobs = old_release_database(scratch_database, "1.3.1")
+    # What a user told that django_dbq_job "already exists" may have done.
+    run_sql(scratch_database, "DELETE FROM django_migrations WHERE app = 'django_dbq'")
+    assert manage(scratch_database, "migrate", "django_dbq", SQUASH, "--fake").returncode == 0
+
+    stopped = manage(scratch_database, "migrate")
+    assert stopped.returncode == 1
+    assert "so 0002_ledger cannot convert it" in stopped.stderr
+    fix = (
+        "DELETE FROM django_migrations WHERE app = 'django_dbq' AND name IN "
+        "('0004_auto_20210818_0247', '0005_job_run_after', '0006_alter_job_state');"
+    )
+    assert fix in stopped.stderr
+
+    run_sql(scratch_database, fix)
+    assert_upgraded(scratch_database, jobs)
+
+
+def test_upgrade__old_records_pruned_stop_migrate_with_the_records_to_add(old_database):
+    assert manage(old_database, "migrate").returncode == 0
+    # What `migrate --prune` did under a release that did not ship the six originals:
+    # the squash's record stays, which Django does not count without the six.
+    run_sql(
+        old_database,
+        "DELETE FROM django_migrations WHERE app = 'django_dbq' AND name = ANY(%s)",
+        [ORIGINALS],
+    )
+
+    stopped = manage(old_database, "migrate")
+    assert stopped.returncode == 1
+    assert "django_dbq.E013" in stopped.stderr and "Traceback" not in stopped.stderr
+    rows_to_add = ", ".join(f"('django_dbq', '{name}', now())" for name in ORIGINALS)
+    fix = f"INSERT INTO django_migrations (app, name, applied) VALUES {rows_to_add};"
+    assert fix in stopped.stderr
+
+    run_sql(old_database, fix)
+    again = manage(old_database, "migrate")
+    assert again.returncode == 0, again.stderr
+    assert "No migrations to apply" in again.stdout
+    assert manage(old_database, "replay_events", "--verify").returncode == 0
+
+
+def test_upgrade__a_ledger_whose_records_were_lost_stops_0002_ledger_which_says_to_fake(
+    old_database,
+):
+    assert manage(old_database, "migrate").returncode == 0
+    run_sql(
+        old_database,
+        "DELETE FROM django_migrations WHERE app = 'django_dbq' AND name <> ALL(%s)",
+        [[*ORIGINALS, SQUASH]],
+    )
+
+    stopped = manage(old_database, "migrate")
+    assert stopped.returncode == 1
+    assert "django_dbq_jobevent exists, but django_migrations does not record 0002_ledger" in (
+        stopped.stderr
+    )
+
+    faked = manage(old_database, "migrate", "django_dbq", "--fake")
+    assert faked.returncode == 0, faked.stderr
+    assert rows(old_database, "SELECT count(*) FROM django_dbq_jobevent") == [(6,)]
+    assert manage(old_database, "replay_events", "--verify").returncode == 0

@@ -10,6 +10,8 @@ import uuid
 
 from django.db import migrations, models
 
+from django_dbq.upgrade import refuse_unrecorded_job_table
+
 
 class Migration(migrations.Migration):
     initial = True
@@ -26,6 +28,8 @@ class Migration(migrations.Migration):
     dependencies = []
 
     operations = [
+        # A table that django_migrations does not know of: say what to record instead.
+        migrations.RunPython(refuse_unrecorded_job_table, migrations.RunPython.noop),
         migrations.CreateModel(
             name="Job",
             fields=[

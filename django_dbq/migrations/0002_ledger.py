@@ -13,6 +13,7 @@ from django.db import migrations, models
 
 import django_dbq.events.models
 from django_dbq.sqlfiles import read_sql
+from django_dbq.upgrade import refuse_unexpected_ledger_start
 
 # The jobs set aside, numbered in the order they are imported (oldest first, as
 # the queue takes them), so that each batch is a range of that number.
@@ -110,6 +111,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # A job table that is not 3.x's, or a ledger already there: say what to record.
+        migrations.RunPython(refuse_unexpected_ledger_start, migrations.RunPython.noop),
         migrations.CreateModel(
             name="JobEvent",
             fields=[
