@@ -78,6 +78,32 @@ def check_schema_creators(databases: Any = None, **kwargs: Any) -> list[Warning]
     return warnings
 
 
+@register(Tags.database)
+def check_migration_history(databases: Any = None, **kwargs: Any) -> list[Error]:
+    """django_dbq's recorded migrations are ones Django can go on from (runs in migrate).
+
+    Django refuses such a history with InconsistentMigrationHistory, before any
+    migration runs and also with --fake; this says which records to fix, from what
+    the job table holds.
+    """
+    from django.db import DatabaseError, connections, transaction
+    from django.db.migrations.exceptions import NodeNotFoundError
+
+    from django_dbq.upgrade import history_problem
+
+    errors: list[Error] = []
+    for alias in databases or []:
+        try:
+            with transaction.atomic(using=alias):
+                problem = history_problem(connections[alias])
+        except (DatabaseError, NodeNotFoundError):
+            continue  # not this app's database, or a graph migrate reports itself
+        if problem:
+            message, hint = problem
+            errors.append(Error(message, hint=hint, id="django_dbq.E013"))
+    return errors
+
+
 # The database caps every lease at this many seconds (events/sql/worker.sql).
 MAX_LEASE_SECONDS = 3600
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.core.management.base import CommandError
+
 
 class DbqError(Exception):
     """Base class of django-dbq errors."""
@@ -32,4 +34,12 @@ class WorkerLost(DbqError):
 
     Never raised: the name of the error a `retried` or `failed` event carries when
     a lost worker's job counts an attempt (see django_dbq.retries).
+    """
+
+
+class MigrationHistoryError(DbqError, CommandError):
+    """django_migrations and the tables disagree on which of django_dbq's migrations ran.
+
+    A CommandError, so that ``manage.py migrate`` prints the message (which says what
+    to record) without a traceback.
     """

@@ -65,3 +65,9 @@ def test_check__lease_seconds_must_fit_the_databases_cap(settings, seconds):
 
 def test_check__default_lease_seconds_pass(settings):
     assert check_lease_seconds() == []
+
+
+def test_check__a_migrated_databases_history_passes(db):
+    from django_dbq.checks import check_migration_history
+
+    assert check_migration_history(databases=["default"]) == []

@@ -1,13 +1,16 @@
 """The Job table as django-db-queue 3.x left it.
 
-It replaces the six migrations of django-db-queue 3.x, so a database that ran
-them upgrades in place and a fresh one reaches the same schema; the ledger
-starts in 0002.
+It replaces the six migrations of django-db-queue (0001_initial to
+0006_alter_job_state, shipped beside it): a fresh database runs this one, a
+database that ran all six counts it as applied, and one that ran some of them (1.x,
+2.x) runs the rest of them instead. The ledger starts in 0002.
 """
 
 import uuid
 
 from django.db import migrations, models
+
+from django_dbq.upgrade import refuse_unrecorded_job_table
 
 
 class Migration(migrations.Migration):
@@ -25,6 +28,8 @@ class Migration(migrations.Migration):
     dependencies = []
 
     operations = [
+        # A table that django_migrations does not know of: say what to record instead.
+        migrations.RunPython(refuse_unrecorded_job_table, migrations.RunPython.noop),
         migrations.CreateModel(
             name="Job",
             fields=[

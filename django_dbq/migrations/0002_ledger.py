@@ -1,8 +1,9 @@
 """The job ledger: the JobEvent table, the apply function and the triggers.
 
-Jobs already in the table (a database upgraded from django-db-queue 3.x) are moved
+Jobs already in the table (a database upgraded from django-db-queue) are moved
 into the ledger: each gets an imported `created` event holding its fields, and the
-trigger writes its projection row back, identical to what it was.
+trigger writes its projection row back, identical to what it was. They are imported
+in batches, oldest first, so that memory does not grow with the table.
 """
 
 import django.db.models.deletion
@@ -12,13 +13,18 @@ from django.db import migrations, models
 
 import django_dbq.events.models
 from django_dbq.sqlfiles import read_sql
+from django_dbq.upgrade import refuse_unexpected_ledger_start
 
+# The jobs set aside, numbered in the order they are imported (oldest first, as
+# the queue takes them), so that each batch is a range of that number.
 STASH_JOBS = """
-CREATE TEMP TABLE dbq_import ON COMMIT DROP AS SELECT * FROM django_dbq_job;
+CREATE TEMP TABLE dbq_import ON COMMIT DROP AS
+SELECT row_number() OVER (ORDER BY created, id) AS import_order, * FROM django_dbq_job;
+CREATE UNIQUE INDEX ON dbq_import (import_order);
 DELETE FROM django_dbq_job;
 """
 
-IMPORT_JOBS = """
+IMPORT_BATCH = """
 INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
 SELECT id, 1, 'created', jsonb_build_object(
     'imported', true,
@@ -26,8 +32,15 @@ SELECT id, 1, 'created', jsonb_build_object(
     'queue_name', queue_name, 'priority', priority, 'run_after', run_after,
     'created', created, 'modified', modified)
 FROM dbq_import
-ORDER BY created, id;
+WHERE import_order > %s AND import_order <= %s
+ORDER BY import_order;
 """
+
+# Jobs per INSERT. The ledger's statement trigger takes the rows of one INSERT as
+# one array: one INSERT of a million jobs held 0.95 GB in the backend. In batches
+# the import's peak is the index builds' (maintenance_work_mem), whatever the count
+# (benchmarks/upgrade.py).
+IMPORT_BATCH_SIZE = 10_000
 
 # Frozen copies of what this migration installs (migrations/sql/).
 SQL_FILES = [
@@ -78,6 +91,15 @@ def install_functions(apps, schema_editor):
         schema_editor.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC", params=None)
 
 
+def import_jobs(apps, schema_editor):
+    """Give every stashed job its imported `created` event, IMPORT_BATCH_SIZE per INSERT."""
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM dbq_import")
+        (count,) = cursor.fetchone()
+        for start in range(0, count, IMPORT_BATCH_SIZE):
+            cursor.execute(IMPORT_BATCH, [start, start + IMPORT_BATCH_SIZE])
+
+
 def drop_functions(apps, schema_editor):
     for signature in reversed(FUNCTIONS):
         schema_editor.execute(f"DROP FUNCTION IF EXISTS {signature}", params=None)
@@ -89,6 +111,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # A job table that is not 3.x's, or a ledger already there: say what to record.
+        migrations.RunPython(refuse_unexpected_ledger_start, migrations.RunPython.noop),
         migrations.CreateModel(
             name="JobEvent",
             fields=[
@@ -279,5 +303,5 @@ class Migration(migrations.Migration):
                 ),
             ),
         ),
-        migrations.RunSQL(IMPORT_JOBS, migrations.RunSQL.noop),
+        migrations.RunPython(import_jobs, migrations.RunPython.noop),
     ]
