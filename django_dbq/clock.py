@@ -12,8 +12,18 @@ def from_epoch(seconds: float | None) -> datetime.datetime | None:
     """A datetime as Django would load it (aware in UTC, or naive local without USE_TZ)."""
     if seconds is None:
         return None
-    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    try:
+        moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    except (ValueError, OverflowError, OSError):
+        # PostgreSQL holds times Python cannot (before the year 1, after 9999;
+        # django_dbq refuses to store them, an older release did not): the
+        # nearest one it can, so that no worker stops on reading one.
+        moment = _EARLIEST if seconds < 0 else _LATEST
     return moment if settings.USE_TZ else timezone.make_naive(moment)
+
+
+_EARLIEST = datetime.datetime.min.replace(tzinfo=datetime.UTC) + datetime.timedelta(days=1)
+_LATEST = datetime.datetime.max.replace(tzinfo=datetime.UTC) - datetime.timedelta(days=1)
 
 
 def from_epochs(rows: list[tuple[float]]) -> list[datetime.datetime]:

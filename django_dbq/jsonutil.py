@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import orjson
@@ -34,7 +35,24 @@ def _encode(value: Any, what: str, option: int | None = None) -> bytes:
             f"The job's {what} holds NaN or an infinite float, which JSON cannot represent. "
             "Store it as a string or None."
         )
+    # PostgreSQL's jsonb refuses the NUL character: refused here, with the fix,
+    # rather than by the database, which would refuse the whole statement (a
+    # worker's batch of outcomes with it).
+    if b"\\u0000" in encoded and _NUL.search(encoded):
+        raise InvalidJobError(
+            f"The job's {what} holds a NUL character (\\x00), which PostgreSQL's jsonb cannot "
+            "store. Remove it, or store such data as base64 text."
+        )
     return encoded
+
+
+# \u0000 as orjson writes a NUL: not preceded by an escaped backslash.
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def without_nul(text: str) -> str:
+    """Text that jsonb can store: each NUL character written as the two characters \\0."""
+    return text.replace("\x00", "\\0")
 
 
 def _has_non_finite(value: Any) -> bool:

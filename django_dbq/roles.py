@@ -45,7 +45,7 @@ WORKER_FUNCTIONS = (
     "dbq_record_outcomes_v1(text, jsonb)",
     "dbq_record_and_claim_v2(text, jsonb, text, integer, text, text, integer, float8, text[])",
     "dbq_renew_leases_v2(text, uuid[], float8)",
-    "dbq_expire_leases_v3(text, integer, jsonb)",
+    "dbq_expire_leases_v4(text, integer, jsonb)",
     # A task saves the job it runs (job.save()), proved by the worker's key.
     "dbq_save_held_v2(text, jsonb)",
     # What a failure hook changed in the job the worker has just failed.
@@ -56,6 +56,7 @@ WORKER_FUNCTIONS = (
     # Superseded by migrations 0008 and 0011, kept for workers of the previous
     # release while a rolling deploy replaces them.
     "dbq_save_held_v1(text, jsonb)",
+    "dbq_expire_leases_v3(text, integer, jsonb)",
     "dbq_create_job_v1(uuid, jsonb)",
     "dbq_create_jobs_v1(jsonb)",
     "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",

@@ -230,8 +230,9 @@ def _outcome(
 
 
 def _describe(error: BaseException) -> dict[str, str]:
+    # jsonb cannot hold a NUL, which an error's message may carry (bytes decoded, say).
     return {
-        "type": f"{type(error).__module__}.{type(error).__qualname__}",
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(error)),
+        "type": jsonutil.without_nul(f"{type(error).__module__}.{type(error).__qualname__}"),
+        "message": jsonutil.without_nul(str(error)),
+        "traceback": jsonutil.without_nul("".join(traceback.format_exception(error))),
     }

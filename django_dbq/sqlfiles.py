@@ -54,15 +54,37 @@ _FUNCTION = re.compile(rf"CREATE OR REPLACE FUNCTION {SCHEMA_MARK}\.(\w+)\(")
 def install_sql(schema_editor: Any, package: str, filename: str) -> None:
     """Run a .sql file of functions in a migration, in the schema of the app's tables.
 
-    No function it creates stays executable by PUBLIC: ledger_grants grants
-    each role its own.
+    No function it installs stays executable by PUBLIC, and one it creates by
+    no role but its owner, whatever default privileges the owner has set
+    (ALTER DEFAULT PRIVILEGES ... GRANT EXECUTE ON FUNCTIONS): ledger_grants,
+    or the migration itself for a function that succeeds another, grants each
+    role its own. A function it replaces keeps the grants it had.
     """
     text = read_sql(package, filename)
+    names = _FUNCTION.findall(text)
     with schema_editor.connection.cursor() as cursor:
         schema = schema_of(cursor)
+        existing = set(_signatures(cursor, schema, names))
         schema_editor.execute(with_schema(text, schema, cursor.connection), params=None)
-        for signature in _signatures(cursor, schema, _FUNCTION.findall(text)):
+        for signature in _signatures(cursor, schema, names):
             cursor.execute(f"REVOKE EXECUTE ON FUNCTION {signature} FROM PUBLIC")
+            if signature not in existing:
+                cursor.execute(_GRANTEES_BUT_OWNER, [signature])
+                for (role,) in cursor.fetchall():
+                    cursor.execute(
+                        sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(
+                            sql.SQL(signature), sql.Identifier(role)
+                        )
+                    )
+
+
+# Roles other than its owner that may execute a function (PUBLIC aside).
+_GRANTEES_BUT_OWNER = """
+SELECT r.rolname
+FROM pg_catalog.pg_proc p, LATERAL aclexplode(p.proacl) a
+JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+WHERE p.oid = %s::regprocedure AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+"""
 
 
 def drop_sql(schema_editor: Any, package: str, filename: str) -> None:

@@ -50,6 +50,12 @@ def test_queue_depth__can_leave_out_future_jobs():
     # django-db-queue's flag took a value.
     assert run("queue_depth", "--exclude_future_jobs", "True") == "event=queue_depths default=2"
     assert run("queue_depth", "--exclude_future_jobs", "false") == "event=queue_depths default=3"
+    # Queue names after the flag are queue names, as they were with the bare flag.
+    JobFactory(queue_name="q1")
+    JobFactory(queue_name="q2", run_after=timezone.now() + timedelta(hours=1))
+    assert run("queue_depth", "--exclude_future_jobs", "q1", "q2") == "event=queue_depths q1=1 q2=0"
+    assert run("queue_depth", "--exclude_future_jobs", "q2") == "event=queue_depths q2=0"
+    assert run("queue_depth", "q2", "--exclude_future_jobs") == "event=queue_depths q2=0"
 
 
 def test_get_queue_depths__counts_waiting_jobs_per_queue():
@@ -153,3 +159,9 @@ def test_dbq_stats__counts_per_queue_and_state_waiting_age_and_throughput():
     assert data["queues"]["other"]["states"] == {"NEW": 1, "FAILED": 1}
     assert data["queues"]["other"]["oldest_waiting_seconds"] >= 0
     assert any(line.startswith("other ") for line in table)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+def test_worker__refuses_a_rate_limit_that_is_not_a_finite_number_of_seconds(value):
+    with pytest.raises(CommandError, match="--rate_limit takes a number of seconds"):
+        call_command("worker", "--rate_limit", value, "--dry-run", stdout=StringIO())

@@ -267,7 +267,7 @@ def test_app__a_job_it_creates_processing_is_held_by_no_worker_until_expiry_free
         # No worker's key proves a claim of it, and no claim takes it.
         assert conn.execute(save, [key, job_id]).fetchall() == []
         assert claim(conn, key, queue="orphans") == []
-        expired = conn.execute("SELECT * FROM dbq_expire_leases_v3('w', 100, '{}')").fetchall()
+        expired = conn.execute("SELECT * FROM dbq_expire_leases_v4('w', 100, '{}')").fetchall()
     assert (job_id, "lease_expired") in expired
     assert job_row(owner, job_id)[:2] == ("READY", 2)
     assert events(owner, job_id) == ["created", "lease_expired"]
@@ -577,7 +577,7 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
             " 'planted', 10, 'w', 'h', 1, 30)",
             [key, waiting],
         )
-        conn.execute("SELECT * FROM dbq_expire_leases_v3('w', 10, '{}')")
+        conn.execute("SELECT * FROM dbq_expire_leases_v4('w', 10, '{}')")
     # The owner's own rebuild, in a session whose search_path is the app's schema,
     # and the audit reads' rebuild into a TEMP table, by the owner and the app.
     with owned.connect("owner") as conn, conn.transaction(force_rollback=True):
@@ -606,7 +606,7 @@ PLANTED_ENTRY_POINTS = [
     planted_function(
         "dbq_claim_jobs_v3", "text, smallint, text, text, text, integer, float8, text[]", "void"
     ),
-    planted_function("dbq_expire_leases_v3", "text, smallint, text", "void"),
+    planted_function("dbq_expire_leases_v4", "text, smallint, text", "void"),
     planted_function("dbq_replay_events_v5", "text, text, integer", "bigint"),
     planted_function("dbq_replay_events_v5", "text, text, bigint", "bigint"),
     planted_function("dbq_delete_old_jobs_v3", "text", "bigint"),
@@ -736,6 +736,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_delete_old_jobs_v3": ["maintenance"],
         "dbq_expire_leases_v2": ["worker"],
         "dbq_expire_leases_v3": ["worker"],
+        "dbq_expire_leases_v4": ["worker"],
         "dbq_record_and_claim_v1": ["worker"],
         "dbq_record_and_claim_v2": ["worker"],
         "dbq_record_outcomes_v1": ["worker"],

@@ -1,4 +1,4 @@
-"""A lost worker's job counts an attempt: the database's side (dbq_expire_leases_v3)."""
+"""A lost worker's job counts an attempt: the database's side (dbq_expire_leases_v4)."""
 
 import os
 import time

@@ -46,7 +46,7 @@ SELECT * FROM dbq_renew_leases_v2(%(key)s::text, %(job_ids)s::uuid[], %(lease_se
 -- Return to their queue the running jobs whose lease has run out; the job a lost
 -- worker was running counts an attempt (`retried` or `failed`, WorkerLost) under
 -- `rules`, {job name: {"limit": n, "delays": [seconds, ...]}}.
-SELECT * FROM dbq_expire_leases_v3(%(worker)s::text, %(limit)s::integer, %(rules)s::jsonb)
+SELECT * FROM dbq_expire_leases_v4(%(worker)s::text, %(limit)s::integer, %(rules)s::jsonb)
 
 -- name: jobs_seconds_until_due
 -- Seconds until the soonest scheduled job of a queue comes due; NULL when none waits.

@@ -7,6 +7,11 @@
   the worker records what a failure hook and the post-task hook after it
   changed in the job it has just failed, as django-db-queue saved the job after
   its hooks.
+- dbq_expire_leases_v4 takes jobs without a key (imported, or created PROCESSING
+  or STOPPING) max_jobs at a time, apart from the lost workers' jobs, so that
+  many of them cannot make a heartbeat's expiry slow.
+- Times a client writes (run_after, a saved created) must name a year from 2
+  to 9998 (dbq_is_time_in_range_v1), so that every client can load them.
 - dbq_update_jobs_v2 and dbq_save_held_v2 take `created` among a save's fields
   (django-db-queue's users age a job that way before delete_old); the fold
   (dbq_fold_events_v2, called by the ledger's trigger dbq_apply_events_v5 and
@@ -14,6 +19,7 @@
   functions follow (0011_audit_reads.sql, from projections.scratch).
 
 Every role that may execute a superseded function is granted its successor.
+The way back refuses while the ledger holds saves of `created`.
 The superseded create, update and save functions stay for the previous
 release's processes during a rolling deploy; the superseded fold, trigger,
 replay and audit functions are dropped (the trigger no longer calls them, and
@@ -24,6 +30,7 @@ import pgtrigger.compiler
 import pgtrigger.migrations
 from django.db import migrations
 
+from django_dbq.exceptions import MigrationHistoryError
 from django_dbq.roles import grant_like
 from django_dbq.sqlfiles import install_sql
 
@@ -37,6 +44,8 @@ SQL_FILES = [
 
 # Created by this migration (the rest of its files is as installed before).
 NEW_FUNCTIONS = [
+    "dbq_is_time_in_range_v1(text)",
+    "dbq_check_time_in_range_v1(text, text)",
     "dbq_is_creatable_v2(jsonb)",
     "dbq_check_created_v2(uuid, jsonb)",
     "dbq_create_job_v2(uuid, jsonb)",
@@ -47,6 +56,7 @@ NEW_FUNCTIONS = [
     "dbq_append_updates_v2(jsonb, text)",
     "dbq_save_held_v2(text, jsonb)",
     "dbq_save_failed_v1(text, jsonb)",
+    "dbq_expire_leases_v4(text, integer, jsonb)",
     "dbq_fold_events_v2(django_dbq_jobevent[])",
     "dbq_apply_events_v5()",
     "dbq_replay_events_v5(timestamptz, uuid[], bigint)",
@@ -63,6 +73,7 @@ GRANTS_LIKE = [
     ("dbq_save_held_v1(text, jsonb)", "dbq_save_held_v2(text, jsonb)"),
     # A new function, for the roles that save the jobs they run.
     ("dbq_save_held_v1(text, jsonb)", "dbq_save_failed_v1(text, jsonb)"),
+    ("dbq_expire_leases_v3(text, integer, jsonb)", "dbq_expire_leases_v4(text, integer, jsonb)"),
     (
         "dbq_fold_events_scratch_v1(django_dbq_jobevent[])",
         "dbq_fold_events_scratch_v2(django_dbq_jobevent[])",
@@ -105,6 +116,19 @@ def install_functions(apps, schema_editor):
 
 
 def drop_new_functions(apps, schema_editor):
+    # The functions of 0010 fold `updated` events without `created`: replayed by
+    # them, such a ledger would give other rows than the live ones.
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM django_dbq_jobevent WHERE kind = 'updated' AND payload ? 'created'"
+        )
+        (saved,) = cursor.fetchone()
+    if saved:
+        raise MigrationHistoryError(
+            f"django_dbq: {saved} saves in the ledger set a job's created time, which the "
+            "functions before 0011 cannot replay; migrating back would leave a projection "
+            "that replay_events --verify reports as drifted. Stay on 0011 or later."
+        )
     for signature in reversed(NEW_FUNCTIONS):
         schema_editor.execute(f"DROP FUNCTION IF EXISTS {signature}", params=None)
 

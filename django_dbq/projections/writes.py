@@ -130,7 +130,12 @@ def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) ->
         (appended,) = saved
     else:
         (appended,) = append_updates([(job.pk, "updated", payload)], using=using)
-    _mark_saved(job, using, version=appended.version, at=appended.at, snapshot=_snapshot(job))
+    # With update_fields, the fields left out stay unsaved: the next save sends them.
+    snapshot = _snapshot(job)
+    if update_fields is not None:
+        before = job.__dict__.get("_dbq_loaded", {})
+        snapshot = {**before, **{f: snapshot[f] for f in changes if f in snapshot}}
+    _mark_saved(job, using, version=appended.version, at=appended.at, snapshot=snapshot)
 
 
 def start_tracking(job: Job) -> None:
@@ -141,7 +146,7 @@ def start_tracking(job: Job) -> None:
 def changes_since_tracking(job: Job) -> str | None:
     """The `updated` payload of what changed in job since start_tracking (or its last save), but its state.
 
-    None when nothing did. A change that cannot be stored is logged and left out.
+    None when nothing did. A field whose change cannot be stored is logged and left out.
     """
     changes = _changed_fields(job, None)
     if changes.pop("state", None) is not None:
@@ -151,17 +156,16 @@ def changes_since_tracking(job: Job) -> str | None:
             job.pk,
             _shown(job.state),
         )
-    try:
-        for field, value in changes.items():
+    fields = {}
+    for field, value in changes.items():
+        try:
             _check_field(field, value)
-        return (
-            jsonutil.dumps({f: _to_json(f, v) for f, v in changes.items()}, "workspace")
-            if changes
-            else None
-        )
-    except DbqError as error:
-        logger.error("What the hooks changed in job id=%s is not recorded: %s", job.pk, error)
-        return None
+            fields[field] = _to_json(field, value)
+            jsonutil.dumps(fields[field], field)
+        except DbqError as error:
+            fields.pop(field, None)
+            logger.error("The hooks' change of job id=%s is not recorded: %s", job.pk, error)
+    return jsonutil.dumps(fields, "workspace") if fields else None
 
 
 def mark_recorded(job: Job, using: str, version: int, at: datetime.datetime) -> None:
@@ -290,14 +294,7 @@ def _aware_run_after(value: Any) -> datetime.datetime:
         raise InvalidJobError(
             f"Job run_after must be a datetime or None, not {type(value).__name__}."
         )
-    if timezone.is_naive(value):
-        if settings.USE_TZ:
-            raise InvalidJobError(
-                f"Job run_after {value.isoformat()} is a naive datetime while USE_TZ is on; "
-                "pass an aware one, e.g. timezone.now() + timedelta(minutes=10)."
-            )
-        return timezone.make_aware(value)
-    return value
+    return _aware("run_after", value, "timezone.now() + timedelta(minutes=10)")
 
 
 def _aware_created(value: Any) -> datetime.datetime:
@@ -306,13 +303,27 @@ def _aware_created(value: Any) -> datetime.datetime:
             f"Job created must be a datetime, not {type(value).__name__}: it is when the job "
             "was enqueued (set it to age a job, e.g. timezone.now() - timedelta(days=2))."
         )
+    return _aware("created", value, "timezone.now() - timedelta(days=2)")
+
+
+# The years a stored time may name (as the database checks too): whatever its
+# offset, every client can load the instant (Python's datetime holds years 1 to 9999).
+YEARS = (2, 9998)
+
+
+def _aware(field: str, value: datetime.datetime, example: str) -> datetime.datetime:
     if timezone.is_naive(value):
         if settings.USE_TZ:
             raise InvalidJobError(
-                f"Job created {value.isoformat()} is a naive datetime while USE_TZ is on; "
-                "pass an aware one, e.g. timezone.now() - timedelta(days=2)."
+                f"Job {field} {value.isoformat()} is a naive datetime while USE_TZ is on; "
+                f"pass an aware one, e.g. {example}."
             )
-        return timezone.make_aware(value)
+        value = timezone.make_aware(value)
+    if not YEARS[0] <= value.year <= YEARS[1]:
+        raise InvalidJobError(
+            f"Job {field} {value.isoformat()} is out of range; use a time from the year "
+            f"{YEARS[0]} to the year {YEARS[1]}."
+        )
     return value
 
 
@@ -356,7 +367,10 @@ def _snapshot(job: Job, workspace: bytes | None = None) -> dict[str, Any]:
     garbage collector never tracks it (bulk_create makes thousands at once).
     """
     values = job.__dict__
-    snapshot = {field: values[field] for field in _PLAIN_FIELDS}
+    if "workspace" not in values or "state" not in values:
+        # Loaded with some fields deferred: what was loaded.
+        return {f: _fingerprint(f, values[f]) for f in TRACKED_FIELDS if f in values}
+    snapshot = {field: values[field] for field in _PLAIN_FIELDS if field in values}
     # Job.STATES members are objects the collector tracks; their text compares equal.
     snapshot["state"] = str(values["state"])
     snapshot["workspace"] = workspace or _fingerprint("workspace", values["workspace"])

@@ -29,8 +29,13 @@ class Heartbeat(Batches, SignalHandling):
     @contextlib.contextmanager
     def _beating(self) -> Iterator[None]:
         """Run the heartbeat thread for the duration of the block."""
+        previous = self._heartbeat_thread
+        if previous is not None and previous.is_alive():
+            # One that outlived its block (a slow statement): never two at once.
+            previous.join()
         self._stopped.clear()
         thread = threading.Thread(target=self._heartbeat, name="dbq-heartbeat", daemon=True)
+        self._heartbeat_thread = thread
         thread.start()
         try:
             yield

@@ -73,6 +73,7 @@ class WorkerState:
         # itself when the heartbeat has not yet, never sends it twice or after
         # the job's outcome.
         self._stopping_lock = threading.Lock()
+        self._heartbeat_thread: threading.Thread | None = None
         self._batch_size = 1
         self._fatal: BaseException | None = None
         self._listening: Any = None

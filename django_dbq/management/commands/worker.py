@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import sys
 from time import sleep
 from typing import Any
@@ -51,6 +52,10 @@ class Command(BaseCommand):
             options["max_jobs"] is not None and options["max_jobs"] < 1
         ):
             raise CommandError("--concurrency and --max-jobs take a whole number of at least 1.")
+        if not (math.isfinite(rate_limit) and rate_limit >= 0):
+            raise CommandError(
+                f"--rate_limit takes a number of seconds of at least 0, not {rate_limit}."
+            )
         self.stdout.write(
             f'Starting job worker for queue "{queue_name}" with rate limit of one job per '
             f"{_seconds(rate_limit)} second(s)"

@@ -212,16 +212,45 @@ END
 $$;
 
 
+-- dbq_is_time_in_range_v1: whether a payload time (ISO 8601 text, or NULL)
+-- names a year from 2 to 9998: whatever its offset, the instant is then one
+-- that every client can load (Python's datetime holds years 1 to 9999, where
+-- PostgreSQL goes from 4713 BC), so a job's times never stop a worker that
+-- reads them. Text only, so it is immutable; dbq_time_v1 refuses other forms
+-- (this test passes them on).
+CREATE OR REPLACE FUNCTION @schema@.dbq_is_time_in_range_v1(value text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT value IS NULL OR value !~ '^\d{4}-' OR substr(value, 1, 4) BETWEEN '0002' AND '9998'
+$$;
+
+
+-- dbq_check_time_in_range_v1: raise unless dbq_is_time_in_range_v1(value),
+-- naming the field.
+CREATE OR REPLACE FUNCTION @schema@.dbq_check_time_in_range_v1(field text, value text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF NOT @schema@.dbq_is_time_in_range_v1(value) THEN
+        RAISE EXCEPTION 'django_dbq: % % is out of range', field, value
+            USING ERRCODE = 'datetime_field_overflow',
+                  HINT = 'Use a time from the year 2 to the year 9998.';
+    END IF;
+END
+$$;
+
+
 -- dbq_is_creatable_v2: dbq_is_job_fields_v1, in a state a job may be created
--- in: any of django-db-queue's six. A job created PROCESSING or STOPPING is
--- held by no worker (no lease): lease expiry gives it back to its queue, as it
--- does for jobs imported in those states.
+-- in: any of django-db-queue's six, with a run_after in range. A job created
+-- PROCESSING or STOPPING is held by no worker (no lease): lease expiry gives it
+-- back to its queue, as it does for jobs imported in those states.
 CREATE OR REPLACE FUNCTION @schema@.dbq_is_creatable_v2(payload jsonb)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT @schema@.dbq_is_job_fields_v1(payload)
        AND COALESCE(payload ->> 'state', 'NEW')
            IN ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE')
+       AND @schema@.dbq_is_time_in_range_v1(payload ->> 'run_after')
 $$;
 
 
@@ -238,6 +267,7 @@ BEGIN
             USING ERRCODE = 'check_violation',
                   HINT = 'Create it as NEW, READY, PROCESSING, STOPPING, FAILED or COMPLETE; a job is cancelled with job.cancel().';
     END IF;
+    PERFORM @schema@.dbq_check_time_in_range_v1('run_after', payload ->> 'run_after');
     RETURN payload;
 END
 $$;
@@ -289,13 +319,16 @@ $$;
 -- fields of dbq_is_job_fields_v1 and `created` (the time a job was enqueued,
 -- which django-db-queue's users set to age a job), as a string; the fold reads
 -- it with dbq_time_v1, which refuses any text but an ISO 8601 time with its
--- offset. Inlined: the quick test of every save.
+-- offset; both times in range (dbq_is_time_in_range_v1). Inlined: the quick
+-- test of every save.
 CREATE OR REPLACE FUNCTION @schema@.dbq_is_saved_fields_v1(payload jsonb)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT jsonb_typeof(payload) = 'object'
        AND payload - '{name,state,next_task,workspace,queue_name,priority,run_after,created}'::text[] = '{}'::jsonb
        AND COALESCE(jsonb_typeof(payload -> 'created'), 'string') = 'string'
+       AND @schema@.dbq_is_time_in_range_v1(payload ->> 'created')
+       AND @schema@.dbq_is_time_in_range_v1(payload ->> 'run_after')
 $$;
 
 
@@ -315,6 +348,8 @@ BEGIN
             USING ERRCODE = 'invalid_datetime_format',
                   HINT = 'Write times as 2030-01-13T00:00:00+00:00 (Python: aware_datetime.isoformat()).';
     END IF;
+    PERFORM @schema@.dbq_check_time_in_range_v1('created', payload ->> 'created');
+    PERFORM @schema@.dbq_check_time_in_range_v1('run_after', payload ->> 'run_after');
     RETURN @schema@.dbq_check_fields_v1(kind, payload - 'created');
 END
 $$;

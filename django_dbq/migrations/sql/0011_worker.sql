@@ -326,8 +326,10 @@ $$;
 -- worker has just failed, one `updated` event per job (django-db-queue saved
 -- the job after its hooks; here the hooks run once `failed` is recorded, when
 -- the worker no longer holds the job). Only for a job still FAILED whose last
--- claim was made with `p_key`: the worker that ran it (a hook's own save may
--- come between). The fields are those of a save, without `state`. `events` is a JSON array of {job_id, payload}; returns what
+-- claim was made with `p_key`, failed by that worker itself since (a hook's own
+-- save may come between; a requeue, a change of state or an expiry's failure
+-- may not), and only until the lease it last held would have run out. The
+-- fields are those of a save, without `state`. `events` is a JSON array of {job_id, payload}; returns what
 -- dbq_update_jobs_v2 does.
 CREATE OR REPLACE FUNCTION @schema@.dbq_save_failed_v1(p_key text, events jsonb)
 RETURNS TABLE (job_id uuid, version integer, at float8)
@@ -349,11 +351,33 @@ BEGIN
     ), mine AS (
         SELECT f.id, f.version
         FROM failed f
-        WHERE (SELECT e.payload ->> 'lease_key'
-               FROM @schema@.django_dbq_jobevent e
-               WHERE e.job_id = f.id AND e.kind = 'claimed'
-               ORDER BY e.version DESC
-               LIMIT 1) = key_hash
+        CROSS JOIN LATERAL (
+            SELECT e.version, e.payload ->> 'lease_key' AS lease_key
+            FROM @schema@.django_dbq_jobevent e
+            WHERE e.job_id = f.id AND e.kind = 'claimed'
+            ORDER BY e.version DESC
+            LIMIT 1
+        ) c
+        WHERE c.lease_key = key_hash
+          -- Since that claim: this worker's own `failed` (not an expiry's, which
+          -- notes who noticed), and nothing but its leases, a stop, a pending
+          -- cancellation and saves that kept the state.
+          AND EXISTS (
+              SELECT FROM @schema@.django_dbq_jobevent e
+              WHERE e.job_id = f.id AND e.version > c.version AND e.kind = 'failed'
+                AND NOT e.payload ? 'noticed_by')
+          AND NOT EXISTS (
+              SELECT FROM @schema@.django_dbq_jobevent e
+              WHERE e.job_id = f.id AND e.version > c.version
+                AND (e.kind NOT IN ('lease_renewed', 'stopping', 'cancel_requested', 'updated', 'failed')
+                     OR (e.kind = 'updated' AND e.payload ? 'state')
+                     OR (e.kind = 'failed' AND e.payload ? 'noticed_by')))
+          -- And while the lease it last held would still run.
+          AND now() < (
+              SELECT max((e.payload ->> 'lease_until')::timestamptz)
+              FROM @schema@.django_dbq_jobevent e
+              WHERE e.job_id = f.id AND e.version >= c.version
+                AND e.kind IN ('claimed', 'lease_renewed'))
     ), appended AS (
         INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
         SELECT i.job_id, m.version + 1, 'updated', CASE
@@ -430,6 +454,8 @@ END
 $$;
 
 
+-- Superseded by dbq_expire_leases_v4 (migration 0011); kept for the workers of
+-- the previous release while a rolling deploy replaces them.
 -- dbq_expire_leases_v3: as dbq_expire_leases_v2, and a lost worker's job counts
 -- an attempt, so that a task that kills its process (a segfault, an OOM kill,
 -- os._exit) is not run forever. Of the lapsed jobs a worker held (one key), the
@@ -474,6 +500,152 @@ BEGIN
           AND (j.lease_until < now() OR j.lease_until IS NULL)
           AND (j.lease_key IN (SELECT k.lease_key FROM lost_keys k)
                OR (j.lease_key IS NULL AND EXISTS (SELECT FROM lost_keys k WHERE k.lease_key IS NULL)))
+    ), locked AS (
+        -- Skipping what another statement holds: a heartbeat never waits here
+        -- (behind an application's open transaction that saved a running job,
+        -- it would stop renewing its own worker's leases).
+        SELECT j.id, j.version, j.claimed_by, j.lease_until, j.lease_key, j.state, j.name,
+               j.attempts
+        FROM @schema@.django_dbq_job j
+        WHERE j.id IN (SELECT s.id FROM seen s)
+          AND j.state IN ('PROCESSING', 'STOPPING')
+          AND (j.lease_until < now() OR j.lease_until IS NULL)
+        ORDER BY j.id
+        FOR UPDATE SKIP LOCKED
+    ), whole AS (
+        -- The keys all of whose lapsed jobs this statement holds; a batch with a
+        -- job held elsewhere (by another noticing worker, say) waits for a later
+        -- call, so that it is judged once, as a whole.
+        SELECT s.lease_key
+        FROM seen s
+        LEFT JOIN locked l ON l.id = s.id
+        WHERE s.lease_key IS NOT NULL
+        GROUP BY s.lease_key
+        HAVING count(l.id) = count(*)
+    ), lapsed AS (
+        SELECT l.*
+        FROM locked l
+        WHERE l.lease_key IS NULL OR l.lease_key IN (SELECT w.lease_key FROM whole w)
+    ), placed AS (
+        SELECT l.*, c.position,
+               count(*) OVER (PARTITION BY l.lease_key) AS lost_together,
+               min(c.position) OVER (PARTITION BY l.lease_key) AS first_position
+        FROM lapsed l
+        LEFT JOIN LATERAL (
+            SELECT (e.payload ->> 'position')::integer AS position
+            FROM @schema@.django_dbq_jobevent e
+            WHERE e.job_id = l.id AND e.kind = 'claimed'
+            ORDER BY e.version DESC
+            LIMIT 1
+        ) c ON l.lease_key IS NOT NULL
+    ), judged AS (
+        SELECT p.*,
+               COALESCE(p.lease_key IS NOT NULL AND p.state = 'PROCESSING'
+                        AND (p.position = p.first_position OR p.lost_together = 1), false) AS blamed,
+               greatest(CASE WHEN jsonb_typeof(rules -> p.name -> 'limit') = 'number'
+                             THEN least((rules -> p.name ->> 'limit')::numeric, 1000)::integer
+                        END, 1) AS attempt_limit,
+               least(greatest(COALESCE(
+                   CASE WHEN jsonb_typeof(rules -> p.name -> 'delays' -> p.attempts) = 'number'
+                        THEN (rules -> p.name -> 'delays' ->> p.attempts)::float8 END,
+                   least(5 * power(2, least(p.attempts, 20)), 3600)), 0), 86400)
+                   * CASE WHEN COALESCE(rules -> p.name -> 'jitter', 'true') = 'false' THEN 1
+                          ELSE 0.5 + random() END AS delay
+        FROM placed p
+    )
+    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+    SELECT d.id, d.version + 1,
+           CASE WHEN NOT d.blamed THEN 'lease_expired'
+                WHEN d.attempts + 1 > d.attempt_limit THEN 'failed'
+                ELSE 'retried' END,
+           CASE WHEN NOT d.blamed THEN jsonb_build_object(
+                    'worker', d.claimed_by, 'lease_until', d.lease_until, 'noticed_by', p_worker)
+           ELSE jsonb_build_object(
+                    'worker', d.claimed_by, 'lease_until', d.lease_until, 'noticed_by', p_worker,
+                    'error', jsonb_build_object(
+                        'type', 'django_dbq.exceptions.WorkerLost',
+                        'message', format(
+                            'the worker %s stopped renewing its lease while it ran this job; '
+                            'the task may have ended its process (a crash, an out-of-memory '
+                            'kill, os._exit) or the worker lost the database; attempt %s of %s',
+                            d.claimed_by, d.attempts + 1, d.attempt_limit + 1),
+                        'traceback', ''),
+                    'attempt', d.attempts + 1)
+                || CASE WHEN d.attempts + 1 > d.attempt_limit THEN '{}'::jsonb
+                   ELSE jsonb_build_object('run_after', now() + make_interval(secs => d.delay))
+                   END
+           END
+    FROM judged d
+    ORDER BY d.id
+    RETURNING job_id, kind::text;
+END
+$$;
+
+
+-- dbq_expire_leases_v4: return the jobs whose lease lapsed to their queue. A lost
+-- worker's job counts an attempt, so that a task that kills its process (a segfault, an OOM kill,
+-- os._exit) is not run forever. Of the lapsed jobs a worker held (one key), the
+-- first of its batch (the lowest `position` of their claims) is the one it ran
+-- when it was lost (or had just finished, its outcome not yet recorded): it is
+-- `retried` with a WorkerLost error and its job's backoff, or, once it has had
+-- as many attempts as its rule allows, `failed` with that error. The others of
+-- the batch were not started: `lease_expired`, no attempt counted, as are a
+-- job in STOPPING (its worker was being stopped: the loss is the operator's),
+-- a job claimed by a worker of the previous release (no position) while others
+-- of its batch lapsed too, and a job without a key (imported or created as
+-- PROCESSING). A worker's lapsed jobs are taken together, up to `max_jobs`
+-- workers' at a time, and up to `max_jobs` jobs without a key besides (in
+-- v3 every job without a key came in the same statement: an application that
+-- created many jobs PROCESSING made each heartbeat's expiry slow enough to stop
+-- its own worker's renewals), and a batch of which
+-- another statement holds a job is left for a later call rather than waited
+-- for, so that one batch is judged once, as a whole, whichever worker notices
+-- it, and no heartbeat waits on a lock. `rules` is {job name: {"limit": n,
+-- "delays": [seconds before attempt 1, 2, ...]}} from the noticing worker's
+-- settings.JOBS, with "jitter": false for a job whose backoff is not random;
+-- past its list, or for a name it does not know (limit 1), the wait is
+-- 5 * 2^attempts s, at most an hour. Waits (at most a day) are jittered here,
+-- by 0.5 to 1.5, so that the jobs of one outage do not all come back at once;
+-- a value that is not a number counts as missing.
+CREATE OR REPLACE FUNCTION @schema@.dbq_expire_leases_v4(
+    p_worker text, max_jobs integer, rules jsonb DEFAULT '{}'::jsonb
+)
+RETURNS TABLE (job_id uuid, kind text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH lost_keys AS (
+        -- A claim always sets lease_until: a lost worker's jobs have lapsed.
+        SELECT DISTINCT j.lease_key
+        FROM @schema@.django_dbq_job j
+        WHERE j.state IN ('PROCESSING', 'STOPPING')
+          AND j.lease_until < now() AND j.lease_key IS NOT NULL
+        LIMIT max_jobs
+    ), keyless AS (
+        -- Imported, created PROCESSING or STOPPING (no lease), or claimed by a
+        -- release before keys (a lapsed lease): never blamed, so no batch to
+        -- keep whole; each branch reads at most max_jobs index entries.
+        (SELECT j.id
+         FROM @schema@.django_dbq_job j
+         WHERE j.state IN ('PROCESSING', 'STOPPING') AND j.lease_until IS NULL
+           AND j.lease_key IS NULL
+         LIMIT max_jobs)
+        UNION ALL
+        (SELECT j.id
+         FROM @schema@.django_dbq_job j
+         WHERE j.state IN ('PROCESSING', 'STOPPING') AND j.lease_until < now()
+           AND j.lease_key IS NULL
+         LIMIT max_jobs)
+    ), seen AS (
+        -- The lapsed jobs of those keys, as this statement's snapshot has them.
+        SELECT j.id, j.lease_key
+        FROM @schema@.django_dbq_job j
+        WHERE j.state IN ('PROCESSING', 'STOPPING')
+          AND j.lease_until < now()
+          AND j.lease_key IN (SELECT k.lease_key FROM lost_keys k)
+        UNION ALL
+        SELECT k.id, NULL::varchar FROM (SELECT id FROM keyless LIMIT max_jobs) k
     ), locked AS (
         -- Skipping what another statement holds: a heartbeat never waits here
         -- (behind an application's open transaction that saved a running job,
