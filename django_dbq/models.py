@@ -4,7 +4,16 @@ With django-db-queue 3.3's other names of this module: the manager class and
 the default age of `delete_old`.
 """
 
-from django_dbq.events.models import EventKind, JobEvent
-from django_dbq.projections.models import DEFAULT_DELETE_JOBS_AFTER_HOURS, Job, JobManager
+from django_dbq.events.models import EventKind, JobEvent, QueueEvent, QueueEventKind
+from django_dbq.projections.models import DEFAULT_DELETE_JOBS_AFTER_HOURS, Job, JobManager, Queue
 
-__all__ = ["DEFAULT_DELETE_JOBS_AFTER_HOURS", "EventKind", "Job", "JobEvent", "JobManager"]
+__all__ = [
+    "DEFAULT_DELETE_JOBS_AFTER_HOURS",
+    "EventKind",
+    "Job",
+    "JobEvent",
+    "JobManager",
+    "Queue",
+    "QueueEvent",
+    "QueueEventKind",
+]

@@ -9,7 +9,8 @@ the calling role may do; each role is granted its functions and SELECT:
   lapsed ones, and enqueues jobs (tasks may); it saves no job it does not hold.
 - app (the web application, the admin, operators' commands): enqueues
   (`created` in a state a creation allows), saves (`updated`), cancels,
-  requeues, and releases jobs whose worker is gone.
+  requeues, releases jobs whose worker is gone, and pauses and resumes queues
+  (the queue ledger's `paused` and `resumed`).
 - maintenance: runs delete_old_jobs (the retention function), and nothing else.
 
 Every role may also read the past: as_of, job_history --as-of and replay_events
@@ -25,8 +26,8 @@ from typing import Any
 
 from psycopg import sql
 
-TABLES = ("django_dbq_job", "django_dbq_jobevent")
-SEQUENCE = "django_dbq_jobevent_id_seq"
+TABLES = ("django_dbq_job", "django_dbq_jobevent", "django_dbq_queue", "django_dbq_queueevent")
+SEQUENCES = ("django_dbq_jobevent_id_seq", "django_dbq_queueevent_id_seq")
 APP_FUNCTIONS = (
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
@@ -34,6 +35,8 @@ APP_FUNCTIONS = (
     "dbq_cancel_jobs_v2(uuid[], text)",
     "dbq_requeue_jobs_v2(uuid[], text)",
     "dbq_release_jobs_v1(uuid[], text)",
+    "dbq_pause_queue_v1(text, text, text)",
+    "dbq_resume_queue_v1(text, text)",
     # Superseded by migration 0011, kept for the previous release's processes
     # while a rolling deploy replaces them.
     "dbq_create_job_v1(uuid, jsonb)",
@@ -41,9 +44,9 @@ APP_FUNCTIONS = (
     "dbq_update_jobs_v1(jsonb)",
 )
 WORKER_FUNCTIONS = (
-    "dbq_claim_jobs_v3(text, integer, text, text, text, integer, float8, text[])",
+    "dbq_claim_jobs_v4(text, integer, text, text, text, integer, float8, text[])",
     "dbq_record_outcomes_v1(text, jsonb)",
-    "dbq_record_and_claim_v2(text, jsonb, text, integer, text, text, integer, float8, text[])",
+    "dbq_record_and_claim_v3(text, jsonb, text, integer, text, text, integer, float8, text[])",
     "dbq_renew_leases_v2(text, uuid[], float8)",
     "dbq_expire_leases_v4(text, integer, jsonb)",
     # A task saves the job it runs (job.save()), proved by the worker's key.
@@ -53,8 +56,8 @@ WORKER_FUNCTIONS = (
     # A task may enqueue more jobs.
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
-    # Superseded by migrations 0008 and 0011, kept for workers of the previous
-    # release while a rolling deploy replaces them.
+    # Superseded by migrations 0008, 0011 and 0013, kept for workers of the
+    # previous releases while a rolling deploy replaces them.
     "dbq_save_held_v1(text, jsonb)",
     "dbq_expire_leases_v3(text, integer, jsonb)",
     "dbq_create_job_v1(uuid, jsonb)",
@@ -62,6 +65,8 @@ WORKER_FUNCTIONS = (
     "dbq_claim_jobs_v2(text, integer, text, text, text, integer, float8, text[])",
     "dbq_record_and_claim_v1(text, jsonb, text, integer, text, text, integer, float8, text[])",
     "dbq_expire_leases_v2(text, integer)",
+    "dbq_claim_jobs_v3(text, integer, text, text, text, integer, float8, text[])",
+    "dbq_record_and_claim_v2(text, jsonb, text, integer, text, text, integer, float8, text[])",
 )
 RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v3(timestamptz)",)
 # The audit reads (projections/scratch.py) and the pure functions the fold calls;
@@ -76,15 +81,24 @@ AUDIT_FUNCTIONS = (
     "dbq_job_row_v1(uuid, integer, jsonb, timestamptz)",
     "dbq_time_v1(text)",
     "dbq_refuse_time_v1(text)",
+    # The queue ledger's (verify).
+    "dbq_replay_queue_events_scratch_v1()",
+    "dbq_replay_queue_copy_scratch_v1()",
+    "dbq_fold_queue_events_scratch_v1(django_dbq_queueevent[])",
+    "dbq_refuse_queue_events_scratch_v1(django_dbq_queueevent[])",
+    "dbq_queue_event_is_illegal_v1(text, integer, boolean, integer)",
 )
-# What no role but the owner may hold on the tables and the event id sequence.
+# What no role but the owner may hold on the tables and the event id sequences.
 WRITE_RIGHTS = "INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER"
 SEQUENCE_RIGHTS = "USAGE, UPDATE"
 
+# Of the tables and sequences, those that exist: migration 0007 revokes with
+# this module before migration 0013 made the queue tables.
+_EXISTING = "SELECT r FROM unnest(%s::text[]) r WHERE to_regclass(r) IS NOT NULL"
 _GRANTEES = """
 SELECT DISTINCT a.grantee
 FROM pg_catalog.pg_class c, LATERAL aclexplode(c.relacl) a
-WHERE c.oid IN (%s::regclass, %s::regclass, %s::regclass)
+WHERE c.oid IN (SELECT to_regclass(r) FROM unnest(%s::text[]) r)
   AND a.grantee <> c.relowner
   AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'TRIGGER', 'USAGE')
 """
@@ -107,21 +121,26 @@ def grant_statements(
 
 def revoke_statements(cursor: Any) -> list[sql.Composable]:
     """REVOKEs of every write right that a role other than the owner holds on the tables."""
-    cursor.execute(_GRANTEES, [*TABLES, SEQUENCE])
+    cursor.execute(_GRANTEES, [[*TABLES, *SEQUENCES]])
+    grantees = [grantee for (grantee,) in cursor.fetchall()]
+    tables, sequences = _existing(cursor, TABLES), _existing(cursor, SEQUENCES)
     statements: list[sql.Composable] = []
-    for (grantee,) in cursor.fetchall():
+    for grantee in grantees:
         role = sql.SQL("PUBLIC") if grantee == 0 else sql.Identifier(_role_name(cursor, grantee))
         statements.append(
-            sql.SQL("REVOKE {} ON {}, {} FROM {}").format(
-                sql.SQL(WRITE_RIGHTS), sql.Identifier(TABLES[0]), sql.Identifier(TABLES[1]), role
-            )
+            sql.SQL("REVOKE {} ON {} FROM {}").format(sql.SQL(WRITE_RIGHTS), tables, role)
         )
         statements.append(
             sql.SQL("REVOKE {} ON SEQUENCE {} FROM {}").format(
-                sql.SQL(SEQUENCE_RIGHTS), sql.Identifier(SEQUENCE), role
+                sql.SQL(SEQUENCE_RIGHTS), sequences, role
             )
         )
     return statements
+
+
+def _existing(cursor: Any, names: tuple[str, ...]) -> sql.Composable:
+    cursor.execute(_EXISTING, [list(names)])
+    return sql.SQL(", ").join(sql.Identifier(name) for (name,) in cursor.fetchall())
 
 
 # Roles other than the function's owner that may execute it (PUBLIC may not).
@@ -143,6 +162,28 @@ def grant_like(cursor: Any, old: str, new: str) -> None:
     for (role,) in cursor.fetchall():
         cursor.execute(
             sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(new), sql.Identifier(role))
+        )
+
+
+# Roles other than the table's owner that may SELECT from it.
+_TABLE_READERS = """
+SELECT DISTINCT r.rolname
+FROM pg_catalog.pg_class c, LATERAL aclexplode(c.relacl) a
+JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+WHERE c.oid = %s::regclass AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
+"""
+
+
+def grant_select_like(cursor: Any, old: str, new: str) -> None:
+    """GRANT SELECT on table `new` to every role (but its owner) that may read table `old`.
+
+    For migrations that add a table roles read: e.g. the workers' and the
+    application's roles read django_dbq_queue as they read django_dbq_job.
+    """
+    cursor.execute(_TABLE_READERS, [old])
+    for (role,) in cursor.fetchall():
+        cursor.execute(
+            sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(new), sql.Identifier(role))
         )
 
 

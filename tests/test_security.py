@@ -31,6 +31,8 @@ SQL_FILES = [
     ("django_dbq.events", "sql/ledger.sql"),
     ("django_dbq.events", "sql/worker.sql"),
     ("django_dbq.events", "sql/operations.sql"),
+    ("django_dbq.events", "sql/queues.sql"),
+    ("django_dbq.projections", "sql/queues.sql"),
 ]
 # The ledger's columns, in its order, for a table of one's own.
 FAKE_EVENTS = (
@@ -77,7 +79,7 @@ def job_row(owner, job_id):
 
 def claim(conn, key, queue="default", lease=30.0, worker="w"):
     return conn.execute(
-        "SELECT id, lease_until FROM dbq_claim_jobs_v3(%s, 10, %s, %s, 'h', 1, %s)",
+        "SELECT id, lease_until FROM dbq_claim_jobs_v4(%s, 10, %s, %s, 'h', 1, %s)",
         [queue, worker, key, lease],
     ).fetchall()
 
@@ -173,6 +175,16 @@ def test_raw_writes__of_every_event_kind_are_refused(owned, owner, kind):
             "DELETE FROM dbq_app.django_dbq_job",
             "TRUNCATE dbq_app.django_dbq_job",
             "SELECT setval('dbq_app.django_dbq_jobevent_id_seq', 1)",
+            "INSERT INTO dbq_app.django_dbq_queueevent (queue_name, version, kind, payload)"
+            " VALUES ('raw', 1, 'paused', '{}')",
+            "UPDATE dbq_app.django_dbq_queueevent SET kind = 'resumed'",
+            "DELETE FROM dbq_app.django_dbq_queueevent",
+            "TRUNCATE dbq_app.django_dbq_queueevent",
+            "INSERT INTO dbq_app.django_dbq_queue VALUES ('raw', true, '', '', '', now(), 1)",
+            "UPDATE dbq_app.django_dbq_queue SET paused = false",
+            "DELETE FROM dbq_app.django_dbq_queue",
+            "TRUNCATE dbq_app.django_dbq_queue",
+            "SELECT setval('dbq_app.django_dbq_queueevent_id_seq', 1)",
         ):
             refused(conn, statement)
     assert counts(owner) == before
@@ -572,7 +584,7 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
     with owned.connect("worker") as conn:
         assert [row[0] for row in claim(conn, key, queue="planted")] == [waiting]
         conn.execute(
-            "SELECT * FROM dbq_record_and_claim_v2(%s, jsonb_build_array(jsonb_build_object("
+            "SELECT * FROM dbq_record_and_claim_v3(%s, jsonb_build_array(jsonb_build_object("
             "'job_id', %s::uuid, 'kind', 'completed', 'payload', '{}'::jsonb)),"
             " 'planted', 10, 'w', 'h', 1, 30)",
             [key, waiting],
@@ -594,18 +606,19 @@ def test_schema_creator__cannot_make_the_functions_run_its_code(owned, owner, pl
 # argument sent as a small integer or as a string of unknown type.
 PLANTED_ENTRY_POINTS = [
     planted_function(
-        "dbq_record_and_claim_v2",
+        "dbq_record_and_claim_v3",
         "text, jsonb, text, smallint, text, text, integer, float8, text[]",
         "void",
     ),
     planted_function(
-        "dbq_record_and_claim_v2",
+        "dbq_record_and_claim_v3",
         "text, jsonb, text, integer, text, text, smallint, float8, text[]",
         "void",
     ),
     planted_function(
-        "dbq_claim_jobs_v3", "text, smallint, text, text, text, integer, float8, text[]", "void"
+        "dbq_claim_jobs_v4", "text, smallint, text, text, text, integer, float8, text[]", "void"
     ),
+    planted_function("dbq_pause_queue_v1", f"{VC}, text, text", "void"),
     planted_function("dbq_expire_leases_v4", "text, smallint, text", "void"),
     planted_function("dbq_replay_events_v5", "text, text, integer", "bigint"),
     planted_function("dbq_replay_events_v5", "text, text, bigint", "bigint"),
@@ -635,7 +648,9 @@ def test_schema_creator__cannot_hijack_the_calls_of_workers_app_or_owner(owned, 
             "from django_dbq.models import Job;"
             "Job.objects.bulk_create([Job(name='testjob', queue_name='entry') for _ in range(3)]);"
             "Job.objects.create(name='saves', queue_name='entry');"
-            "Job.objects.create(name='testjob', queue_name='gone').cancel('x')"
+            "Job.objects.create(name='testjob', queue_name='gone').cancel('x');"
+            "from django_dbq.queues import pause_queue, resume_queue;"
+            "pause_queue('entry-paused', 'x'); resume_queue('entry-paused')"
         )
         app = owned.manage("app", "shell", "-c", script)
         worker = owned.manage("worker", "worker", "entry", "--burst")
@@ -726,9 +741,11 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
     )
     assert definers == {
         "dbq_apply_events_v5": [],
+        "dbq_apply_queue_events_v1": [],
         "dbq_cancel_jobs_v2": ["app"],
         "dbq_claim_jobs_v2": ["worker"],
         "dbq_claim_jobs_v3": ["worker"],
+        "dbq_claim_jobs_v4": ["worker"],
         "dbq_create_job_v1": ["app", "worker"],
         "dbq_create_job_v2": ["app", "worker"],
         "dbq_create_jobs_v1": ["app", "worker"],
@@ -737,12 +754,15 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_expire_leases_v2": ["worker"],
         "dbq_expire_leases_v3": ["worker"],
         "dbq_expire_leases_v4": ["worker"],
+        "dbq_pause_queue_v1": ["app"],
         "dbq_record_and_claim_v1": ["worker"],
         "dbq_record_and_claim_v2": ["worker"],
+        "dbq_record_and_claim_v3": ["worker"],
         "dbq_record_outcomes_v1": ["worker"],
         "dbq_release_jobs_v1": ["app"],
         "dbq_renew_leases_v2": ["worker"],
         "dbq_requeue_jobs_v2": ["app"],
+        "dbq_resume_queue_v1": ["app"],
         "dbq_save_failed_v1": ["worker"],
         "dbq_save_held_v1": ["worker"],
         "dbq_save_held_v2": ["worker"],
@@ -804,12 +824,14 @@ def test_scratch_functions__are_the_live_ones_with_only_their_target_renamed(own
             [SCHEMA, name],
         ).fetchone()
 
-    for live, generated, copy in VARIANTS:
+    for live, generated, copy, family in VARIANTS:
         live_source, *live_shape = installed(live)
         source, *shape = installed(generated)
 
         assert shape == live_shape, generated
-        assert source == rename(live_source, copy=copy, schema=f'"{SCHEMA}"'), generated
+        assert source == rename(live_source, copy=copy, schema=f'"{SCHEMA}"', family=family), (
+            generated
+        )
         changed = [
             renamed
             for line, renamed in zip(live_source.splitlines(), source.splitlines(), strict=True)
@@ -818,7 +840,9 @@ def test_scratch_functions__are_the_live_ones_with_only_their_target_renamed(own
         assert changed, generated
         # Only lines that name the scratch table, the copy or a scratch function differ.
         for renamed in changed:
-            assert re.search(r"pg_temp\.dbq_scratch_job(event)?\b|_scratch_v\d\(", renamed), renamed
+            assert re.search(
+                r"pg_temp\.dbq_scratch_(job|queue)(event)?\b|_scratch_v\d\(", renamed
+            ), renamed
 
 
 def test_audit_functions__are_granted_to_worker_app_and_maintenance_not_public(owned, owner):
@@ -831,7 +855,7 @@ def test_audit_functions__are_granted_to_worker_app_and_maintenance_not_public(o
     ).fetchall()
     role_of = {name: kind for kind, name in owned.roles.items()}
 
-    assert {r[0].split("(")[0] for r in rows} >= {g for _, g, _ in VARIANTS}
+    assert {r[0].split("(")[0] for r in rows} >= {v.generated for v in VARIANTS}
     for signature, public, granted in rows:
         assert not public, signature
         assert sorted(role_of[g] for g in granted) == ["app", "maintenance", "worker"], signature

@@ -9,8 +9,8 @@
 -- name: jobs_claim
 -- Claim up to `limit` ready jobs of a queue, in claim order, with a `claimed` event
 -- each (recording its place in the batch); `names` (NULL: any) are the job names
--- the worker can run.
-SELECT * FROM dbq_claim_jobs_v3(
+-- the worker can run. A paused queue gives none.
+SELECT * FROM dbq_claim_jobs_v4(
     %(queue_name)s::text, %(limit)s::integer, %(worker)s::text, %(key)s::text, %(host)s::text,
     %(pid)s::integer, %(lease_seconds)s::float8, %(names)s::text[]
 )
@@ -23,9 +23,10 @@ SELECT * FROM dbq_record_outcomes_v1(%(key)s::text, %(events)s::jsonb)
 
 -- name: jobs_record_and_claim
 -- Record the outcomes of the batch just run, then claim the next batch: one
--- statement, one round trip, one commit. Rows with `recorded` true are the
--- jobs whose outcome was recorded; the others are the claimed jobs.
-SELECT * FROM dbq_record_and_claim_v2(
+-- statement, one round trip, one commit (a paused queue gives no jobs). Rows
+-- with `recorded` true are the jobs whose outcome was recorded; the others are
+-- the claimed jobs.
+SELECT * FROM dbq_record_and_claim_v3(
     %(key)s::text, %(events)s::jsonb, %(queue_name)s::text, %(limit)s::integer, %(worker)s::text,
     %(host)s::text, %(pid)s::integer, %(lease_seconds)s::float8, %(names)s::text[]
 )

@@ -1,4 +1,5 @@
-"""The JobEvent ledger: one immutable row per transition of a job."""
+"""The ledgers: JobEvent, one immutable row per transition of a job, and
+QueueEvent, one per pause or resumption of a queue."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import pgtrigger
 from django.db import models
 
-from django_dbq.projections.models import Job
+from django_dbq.projections.models import Job, Queue
 from django_dbq.triggers import SqlFunctionTrigger
 
 
@@ -117,3 +118,67 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} v{self.version} {self.kind}"
+
+
+class QueueEventKind(models.TextChoices):
+    """The kinds of event a queue's history holds; QUEUE_OCCURS_WHEN says when each is appended."""
+
+    PAUSED = "paused"
+    RESUMED = "resumed"
+
+
+QUEUE_OCCURS_WHEN: dict[str, str] = {
+    QueueEventKind.PAUSED: "an operator pauses a queue that is not paused (pause_queue)",
+    QueueEventKind.RESUMED: "an operator resumes a paused queue (resume_queue)",
+}
+
+
+class QueueEvent(models.Model):
+    """One pause or resumption of one queue; (queue_name, version) orders its history."""
+
+    id = models.BigAutoField(primary_key=True)
+    # No database foreign key (a queue's row comes from its first event, and the
+    # projection can be rebuilt from here); the column is queue_name.
+    queue = models.ForeignKey(
+        Queue,
+        on_delete=models.DO_NOTHING,
+        db_column="queue_name",
+        db_constraint=False,
+        db_index=False,
+        related_name="events",
+    )
+    version = models.PositiveIntegerField()
+    kind = models.CharField(max_length=20, choices=QueueEventKind.choices)
+    # reason (paused), by (who the caller says it is), role (the database's session user).
+    payload = models.JSONField(default=dict)
+    at = models.DateTimeField(db_default=ClockTimestamp())
+
+    class Meta:
+        ordering = ["queue_id", "version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["queue", "version"], name="django_dbq_queueevent_version"
+            ),
+        ]
+        triggers = [
+            SqlFunctionTrigger(
+                name="protect_queue_ledger",
+                level=pgtrigger.Statement,
+                when=pgtrigger.Before,
+                operation=pgtrigger.Update | pgtrigger.Delete | pgtrigger.Truncate,
+                # events/sql/queues.sql, installed by migration 0013.
+                function="dbq_protect_queue_ledger_v1",
+            ),
+            SqlFunctionTrigger(
+                name="apply_queue_events",
+                level=pgtrigger.Statement,
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                referencing=pgtrigger.Referencing(new="new_events"),
+                # projections/sql/queues.sql, installed by migration 0013.
+                function="dbq_apply_queue_events_v1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue_id} v{self.version} {self.kind}"

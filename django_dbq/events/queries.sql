@@ -56,3 +56,13 @@ SELECT * FROM dbq_requeue_jobs_v2(%(job_ids)s::uuid[], %(reason)s::text)
 -- name: jobs_release
 -- Return running jobs whose worker is gone to their queue before their lease runs out.
 SELECT * FROM dbq_release_jobs_v1(%(job_ids)s::uuid[], %(reason)s::text)
+
+-- name: queues_pause
+-- Pause a queue (a `paused` event in the queue ledger) unless it is paused
+-- already; returns the event's version and time, or no row.
+SELECT * FROM dbq_pause_queue_v1(%(queue_name)s::text, %(reason)s::text, %(by)s::text)
+
+-- name: queues_resume
+-- Resume a paused queue (a `resumed` event; its idle workers are woken);
+-- returns the event's version and time, or no row when it was not paused.
+SELECT * FROM dbq_resume_queue_v1(%(queue_name)s::text, %(by)s::text)

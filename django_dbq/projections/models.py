@@ -20,6 +20,8 @@ from django_dbq.triggers import SqlFunctionTrigger
 logger = logging.getLogger(__name__)
 
 DEFAULT_DELETE_JOBS_AFTER_HOURS = 24
+# Job.queue_name's length, and so a queue's.
+QUEUE_NAME_LENGTH = 20
 
 _WRITE_REFUSED = (
     "django_dbq_job is a projection of the job ledger and is never written directly. "
@@ -141,7 +143,7 @@ class Job(models.Model):
     state = models.CharField(max_length=20, choices=STATES.choices, default=STATES.NEW)
     next_task = models.CharField(max_length=100, blank=True)
     workspace = models.JSONField(null=True, blank=True)
-    queue_name = models.CharField(max_length=20, default="default")
+    queue_name = models.CharField(max_length=QUEUE_NAME_LENGTH, default="default")
     priority = models.SmallIntegerField(default=0)
     run_after = models.DateTimeField(null=True, blank=True)
     # The version of the last event applied: the ledger's order within this job.
@@ -302,3 +304,60 @@ class Job(models.Model):
         hook_name = self.get_creation_hook_name()
         if hook_name:
             import_string(hook_name)(self)
+
+
+class QueueQuerySet(models.QuerySet):
+    """Reads as usual; writes are refused: pause and resume through django_dbq.queues."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise ProjectionWriteError(f"Queue.objects.update() is refused. {_QUEUE_WRITE_REFUSED}")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise ProjectionWriteError(f"Deleting queues is refused. {_QUEUE_WRITE_REFUSED}")
+
+
+_QUEUE_WRITE_REFUSED = (
+    "django_dbq_queue is a projection of the queue ledger (django_dbq_queueevent); pause "
+    "and resume queues with django_dbq.queues.pause_queue() and resume_queue()."
+)
+
+
+class Queue(models.Model):
+    """A queue that was ever paused: the projection of its events (the last one's state)."""
+
+    name = models.CharField(max_length=QUEUE_NAME_LENGTH, primary_key=True)
+    paused = models.BooleanField()
+    # Of the last event: why it paused (NULL once resumed), who says they did it,
+    # as which database role, and when.
+    reason = models.TextField(null=True)  # noqa: DJ001 (NULL: resumed, no reason)
+    by = models.TextField(null=True)  # noqa: DJ001 (NULL: the caller gave no name)
+    role = models.TextField()
+    since = models.DateTimeField()
+    version = models.PositiveIntegerField()
+
+    objects = models.Manager.from_queryset(QueueQuerySet)()
+
+    class Meta:
+        ordering = ["name"]
+        triggers = [
+            SqlFunctionTrigger(
+                name="protect_queue_projection",
+                level=pgtrigger.Statement,
+                when=pgtrigger.Before,
+                operation=pgtrigger.Insert
+                | pgtrigger.Update
+                | pgtrigger.Delete
+                | pgtrigger.Truncate,
+                # projections/sql/queues.sql, installed by migration 0013.
+                function="dbq_protect_queue_projection_v1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {'paused' if self.paused else 'running'}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        raise ProjectionWriteError(f"queue.save() is refused. {_QUEUE_WRITE_REFUSED}")
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise ProjectionWriteError(f"queue.delete() is refused. {_QUEUE_WRITE_REFUSED}")

@@ -1,14 +1,19 @@
 -- Named statements of the read side: replay and verification of the projection.
 
 -- name: ledger_lock
--- Holds off new events (every write is one) while the projection is rebuilt,
--- and waits for transactions that are appending now to finish.
-LOCK TABLE django_dbq_jobevent IN SHARE MODE
+-- Holds off new events of both ledgers (every write is one) while the
+-- projections are rebuilt, and waits for transactions that are appending now
+-- to finish.
+LOCK TABLE django_dbq_jobevent, django_dbq_queueevent IN SHARE MODE
 
 -- name: projection_replay
 -- Rebuild django_dbq_job from the ledger, in slices of at most about
 -- slice_bytes of events; returns the number of events applied.
 SELECT dbq_replay_events_v5(NULL::timestamptz, NULL::uuid[], %(slice_bytes)s::bigint)
+
+-- name: queues_replay
+-- Rebuild django_dbq_queue from the queue ledger; returns the number of events applied.
+SELECT dbq_replay_queue_events_v1()
 
 -- name: audit_isolation
 -- Inside a caller's transaction: whether its statements share one snapshot.
@@ -86,6 +91,51 @@ WHERE (l.*) IS DISTINCT FROM (r.*)
 ORDER BY 1
 LIMIT %(limit)s
 
+-- The same for the queue projection (verify): the scratch table keeps the
+-- primary key, on which the fold's upsert relies.
+
+-- name: scratch_queue_projection
+CREATE TEMP TABLE dbq_scratch_queue (LIKE django_dbq_queue INCLUDING INDEXES) ON COMMIT DROP
+
+-- name: scratch_queue_live_view
+CREATE TEMP VIEW dbq_scratch_queue_live AS SELECT * FROM django_dbq_queue
+
+-- name: scratch_queue_live_table
+CREATE TEMP TABLE dbq_scratch_queue_live (LIKE django_dbq_queue) ON COMMIT DROP
+
+-- name: scratch_queue_events_table
+CREATE TEMP TABLE dbq_scratch_queueevent (events django_dbq_queueevent[]) ON COMMIT DROP
+
+-- name: scratch_queue_copy
+-- Inside a caller's READ COMMITTED transaction: the queue ledger and the live
+-- queue rows, copied in one statement, from one snapshot.
+WITH live AS (
+    INSERT INTO pg_temp.dbq_scratch_queue_live SELECT * FROM django_dbq_queue
+)
+INSERT INTO pg_temp.dbq_scratch_queueevent
+SELECT pg_catalog.array_agg(e) FROM django_dbq_queueevent e
+
+-- name: scratch_queue_replay
+SELECT dbq_replay_queue_events_scratch_v1()
+
+-- name: scratch_queue_replay_copy
+SELECT dbq_replay_queue_copy_scratch_v1()
+
+-- name: scratch_queue_count
+SELECT pg_catalog.count(*) FROM pg_temp.dbq_scratch_queue
+
+-- name: scratch_queue_list_drift
+-- The queues that differ, in any column, between the live rows and the
+-- rebuild, each as its live row and its rebuilt row (NULL when absent); the
+-- names compared as text, so that no operator for varchar in the app's schema
+-- is a closer match than pg_catalog's.
+SELECT COALESCE(l.name, r.name)::text AS name, pg_catalog.to_jsonb(l) AS live,
+       pg_catalog.to_jsonb(r) AS replayed
+FROM pg_temp.dbq_scratch_queue_live l
+FULL JOIN pg_temp.dbq_scratch_queue r ON r.name::text = l.name::text
+WHERE (l.*) IS DISTINCT FROM (r.*)
+ORDER BY 1
+
 -- name: stats_by_queue_and_state
 -- How many jobs each queue holds in each state.
 SELECT queue_name, state, count(*) FROM django_dbq_job GROUP BY 1, 2 ORDER BY 1, 2
@@ -113,3 +163,8 @@ FROM django_dbq_job
 WHERE state IN ('NEW', 'READY') AND NOT (name = ANY(%(names)s::text[]))
 GROUP BY 1, 2
 ORDER BY 1, 2
+
+-- name: stats_queues
+-- Every queue ever paused, as it is now: paused or not, why, by whom, as which
+-- role, since when.
+SELECT name, paused, reason, by, role, since FROM django_dbq_queue ORDER BY name

@@ -1,8 +1,9 @@
-"""Replay: rebuild the Job projection from the ledger, or check that a rebuild matches.
+"""Replay: rebuild the projections from their ledgers, or check that a rebuild matches.
 
-replay_events rebuilds the live table (the owner, under a SHARE lock on the
-ledger). verify_projection and projection_as_of are audit reads: they rebuild
-into a TEMP table of the session and hold no lock beyond a SELECT's.
+replay_events rebuilds the live tables, the Job projection from the job ledger
+and the Queue projection from the queue ledger (the owner, under a SHARE lock
+on both ledgers). verify_projection and projection_as_of are audit reads: they
+rebuild into TEMP tables of the session and hold no lock beyond a SELECT's.
 """
 
 from __future__ import annotations
@@ -36,16 +37,32 @@ class Drift:
 
     def describe(self) -> str:
         """One line per difference, readable by a person."""
-        if self.live is None:
-            return f"job {self.job_id}: missing from the live projection, present after replay"
-        if self.replayed is None:
-            return f"job {self.job_id}: in the live projection, absent after replay"
-        columns = sorted(k for k in self.live if self.live[k] != self.replayed.get(k))
-        changes = "; ".join(
-            f"{c}: live={_show(self.live[c])} replayed={_show(self.replayed.get(c))}"
-            for c in columns
-        )
-        return f"job {self.job_id}: {changes}"
+        return _describe(f"job {self.job_id}", self.live, self.replayed)
+
+
+@dataclass
+class QueueDrift:
+    """One queue whose live row (django_dbq_queue) differs from its replayed row."""
+
+    name: str
+    live: dict[str, Any] | None
+    replayed: dict[str, Any] | None
+
+    def describe(self) -> str:
+        """One line per difference, readable by a person."""
+        return _describe(f"queue {self.name}", self.live, self.replayed)
+
+
+def _describe(what: str, live: dict[str, Any] | None, replayed: dict[str, Any] | None) -> str:
+    if live is None:
+        return f"{what}: missing from the live projection, present after replay"
+    if replayed is None:
+        return f"{what}: in the live projection, absent after replay"
+    columns = sorted(k for k in live if live[k] != replayed.get(k))
+    changes = "; ".join(
+        f"{c}: live={_show(live[c])} replayed={_show(replayed.get(c))}" for c in columns
+    )
+    return f"{what}: {changes}"
 
 
 @dataclass
@@ -56,10 +73,14 @@ class Verification:
     jobs: int
     drift_count: int
     drift: list[Drift] = field(default_factory=list)
+    # The queue ledger and its projection, compared likewise.
+    queue_events: int = 0
+    queues: int = 0
+    queue_drift: list[QueueDrift] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.drift_count == 0
+        return self.drift_count == 0 and not self.queue_drift
 
 
 def _show(value: Any) -> str:
@@ -82,10 +103,11 @@ REPLAY_SLICE_BYTES = 128 * 1024 * 1024
 
 
 def replay_events(using: str = DEFAULT_DB_ALIAS, slice_bytes: int = REPLAY_SLICE_BYTES) -> int:
-    """Rebuild the whole projection from the ledger; return the number of events applied."""
+    """Rebuild the Job and Queue projections from their ledgers; return the number of events applied."""
     with transaction.atomic(using), connections[using].cursor() as cursor:
         _run(cursor, "ledger_lock")
-        return _run(cursor, "projection_replay", {"slice_bytes": slice_bytes}).fetchone()[0]
+        events = _run(cursor, "projection_replay", {"slice_bytes": slice_bytes}).fetchone()[0]
+        return events + _run(cursor, "queues_replay").fetchone()[0]
 
 
 def verify_projection(
@@ -101,8 +123,18 @@ def verify_projection(
         jobs = _run(cursor, "scratch_count").fetchone()[0]
         drift_count = _run(cursor, "scratch_count_drift").fetchone()[0]
         rows = _run(cursor, "scratch_list_drift", {"limit": show}).fetchall() if drift_count else []
-    drift = [Drift(row[0], _load(row[1]), _load(row[2])) for row in rows]
-    return Verification(events=events, jobs=jobs, drift_count=drift_count, drift=drift)
+        queue_events = _rebuild_queues(cursor, one_snapshot)
+        queues = _run(cursor, "scratch_queue_count").fetchone()[0]
+        queue_rows = _run(cursor, "scratch_queue_list_drift").fetchall()
+    return Verification(
+        events=events,
+        jobs=jobs,
+        drift_count=drift_count,
+        drift=[Drift(row[0], _load(row[1]), _load(row[2])) for row in rows],
+        queue_events=queue_events,
+        queues=queues,
+        queue_drift=[QueueDrift(row[0], _load(row[1]), _load(row[2])) for row in queue_rows],
+    )
 
 
 def _load(value: Any) -> dict[str, Any] | None:
@@ -214,3 +246,20 @@ def _rebuild(
     _run(cursor, "scratch_events_table")
     _run(cursor, "scratch_copy", {**params, "live": live})
     return _run(cursor, "scratch_replay_copy", params).fetchone()[0]
+
+
+def _rebuild_queues(cursor: Any, one_snapshot: bool) -> int:
+    """Rebuild the queue projection into pg_temp.dbq_scratch_queue, beside its live rows.
+
+    Outside one snapshot, the queue ledger and the live queue rows are copied in
+    one statement first (the two projections are independent, so each is
+    compared within a snapshot of its own). Returns the number of events applied.
+    """
+    _run(cursor, "scratch_queue_projection")
+    if one_snapshot:
+        _run(cursor, "scratch_queue_live_view")
+        return _run(cursor, "scratch_queue_replay").fetchone()[0]
+    _run(cursor, "scratch_queue_live_table")
+    _run(cursor, "scratch_queue_events_table")
+    _run(cursor, "scratch_queue_copy")
+    return _run(cursor, "scratch_queue_replay_copy").fetchone()[0]

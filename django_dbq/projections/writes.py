@@ -21,6 +21,7 @@ from django.utils.module_loading import import_string
 from django_dbq import jsonutil, tasks
 from django_dbq.events.append import append_created, append_created_batches, append_updates
 from django_dbq.exceptions import DbqError, InvalidJobError, JobConfigError, JobGoneError
+from django_dbq.projections.models import QUEUE_NAME_LENGTH
 
 if TYPE_CHECKING:
     from django_dbq.projections.models import Job
@@ -49,7 +50,6 @@ CREATE_STATES = ("NEW", "READY", *WORKER_STATES, "FAILED", "COMPLETE")
 # The states no worker holds, among which save() may move a job (as the state machine does).
 SAVE_STATES = ("NEW", "READY", "FAILED", "COMPLETE", "CANCELLED")
 SMALLINT_RANGE = (-32768, 32767)
-QUEUE_NAME_LENGTH = 20
 
 
 # bulk_create sends its jobs in statements of this many, pipelined: the server

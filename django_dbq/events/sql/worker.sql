@@ -2,14 +2,16 @@
 -- the tables' owner (SECURITY DEFINER), granted to the worker role. Claiming locks
 -- projection rows, which PostgreSQL allows only to roles that may UPDATE the
 -- table; running these as the owner lets a worker role do its work with no write
--- right on either table. What is installed now (migration 0011); @schema@ and the
+-- right on either table. What is installed now (migration 0013); @schema@ and the
 -- search_path rule are explained at the top of projections/sql/apply.sql.
 --
 -- Migration 0008 superseded dbq_claim_jobs_v2, dbq_record_and_claim_v1 and
 -- dbq_expire_leases_v2 (by _v3, _v2 and _v3: claims record their place in the
--- batch, and a lost worker's job counts an attempt). The superseded functions
--- stay, for workers of the previous release while a rolling deploy replaces
--- them; the next migration that changes this file drops them.
+-- batch, and a lost worker's job counts an attempt). Migration 0013 superseded
+-- dbq_claim_jobs_v3 and dbq_record_and_claim_v2 (by _v4 and _v3: a paused
+-- queue gives no jobs). The superseded functions stay, for workers of the
+-- previous releases while a rolling deploy replaces them; workers that still
+-- call them do not honour pauses.
 --
 -- A worker proves which jobs it holds with a secret key of its own (`p_key`,
 -- random, at least 32 characters, never stored): a claim records the key's
@@ -176,6 +178,77 @@ END
 $$;
 
 
+-- dbq_claim_jobs_v4: as dbq_claim_jobs_v3, and a paused queue (a row of
+-- django_dbq_queue with paused set, projections/sql/queues.sql) gives no jobs.
+-- The pause is read as each claim starts, so every worker that claims with this
+-- function honours a pause at its next claim, and a restart changes nothing; a
+-- claim that started before the pause committed may still take its batch.
+CREATE OR REPLACE FUNCTION @schema@.dbq_claim_jobs_v4(
+    p_queue_name text, max_jobs integer, p_worker text, p_key text, p_host text, p_pid integer,
+    lease_seconds float8, p_names text[] DEFAULT NULL
+)
+RETURNS TABLE (
+    id uuid, created float8, modified float8, name text, state text, next_task text,
+    workspace jsonb, queue_name text, priority smallint, run_after timestamptz,
+    version integer, claimed_by text, lease_until float8, attempts integer,
+    cancel_requested boolean, prior_state text, last_kind text
+)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    key_hash text := @schema@.dbq_lease_key_v1(p_key::text);
+    until timestamptz := @schema@.dbq_lease_until_v1(lease_seconds::float8);
+BEGIN
+    -- A paused queue gives no jobs (its row is looked up by its primary key).
+    IF EXISTS (SELECT FROM @schema@.django_dbq_queue q WHERE q.name = p_queue_name AND q.paused) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH ready AS (
+        SELECT j.id, j.created, j.name, j.next_task, j.workspace, j.queue_name,
+               j.priority, j.run_after, j.version, j.state, j.attempts
+        FROM @schema@.django_dbq_job j
+        WHERE j.queue_name = p_queue_name
+          AND j.state IN ('NEW', 'READY')
+          AND (j.run_after IS NULL OR j.run_after <= now())
+          AND (p_names IS NULL OR j.name = ANY(p_names))
+        ORDER BY j.priority DESC, j.created
+        LIMIT max_jobs
+        FOR UPDATE SKIP LOCKED
+    ), placed AS (
+        -- In the order the claim index gave the rows (claim order; ties of
+        -- priority and creation time as the index holds them): the batch's
+        -- order, in the events and in the rows returned.
+        SELECT r.*, row_number() OVER () AS position,
+               CASE WHEN r.version > 1 THEN (
+                   SELECT e.kind FROM @schema@.django_dbq_jobevent e
+                   WHERE e.job_id = r.id AND e.version = r.version) END AS last_kind
+        FROM ready r
+    ), claimed AS (
+        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
+        SELECT p.id, p.version + 1, 'claimed', jsonb_build_object(
+            'worker', p_worker,
+            'host', p_host,
+            'pid', p_pid,
+            'lease_until', until,
+            'lease_key', key_hash,
+            'position', p.position)
+        FROM placed p
+        ORDER BY p.position
+        RETURNING job_id, at
+    )
+    SELECT p.id, extract(epoch FROM p.created)::float8, extract(epoch FROM c.at)::float8,
+           p.name::text, 'PROCESSING'::text, p.next_task::text, p.workspace,
+           p.queue_name::text, p.priority, p.run_after, p.version + 1, p_worker,
+           extract(epoch FROM until)::float8,
+           p.attempts, false, p.state::text, p.last_kind::text
+    FROM placed p
+    JOIN claimed c ON c.job_id = p.id
+    ORDER BY p.position;
+END
+$$;
+
+
 -- dbq_record_outcomes_v1: append one event per held job (task_done, completed,
 -- failed, retried, stopping, released) in one statement; `events` is a JSON
 -- array of {job_id, kind, payload}. Any other kind is refused (checked as each
@@ -288,6 +361,37 @@ BEGIN
     RETURN QUERY
     SELECT false, c.*
     FROM @schema@.dbq_claim_jobs_v3(
+        p_queue_name::text, max_jobs::integer, p_worker::text, p_key::text, p_host::text,
+        p_pid::integer, lease_seconds::float8, p_names::text[]) c;
+END
+$$;
+
+
+-- dbq_record_and_claim_v3: as dbq_record_and_claim_v2, claiming with
+-- dbq_claim_jobs_v4: the outcomes are recorded whether or not the queue is
+-- paused, and a paused queue gives no jobs.
+CREATE OR REPLACE FUNCTION @schema@.dbq_record_and_claim_v3(
+    p_key text, events jsonb, p_queue_name text, max_jobs integer, p_worker text, p_host text,
+    p_pid integer, lease_seconds float8, p_names text[] DEFAULT NULL
+)
+RETURNS TABLE (
+    recorded boolean, id uuid, created float8, modified float8, name text, state text,
+    next_task text, workspace jsonb, queue_name text, priority smallint,
+    run_after timestamptz, version integer, claimed_by text, lease_until float8,
+    attempts integer, cancel_requested boolean, prior_state text, last_kind text
+)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF jsonb_array_length(events) > 0 THEN
+        RETURN QUERY
+        SELECT true, r.r, NULL::float8, NULL::float8, NULL::text, NULL::text, NULL::text,
+               NULL::jsonb, NULL::text, NULL::smallint, NULL::timestamptz, NULL::integer,
+               NULL::text, NULL::float8, NULL::integer, NULL::boolean, NULL::text, NULL::text
+        FROM @schema@.dbq_record_outcomes_v1(p_key::text, events::jsonb) r;
+    END IF;
+    RETURN QUERY
+    SELECT false, c.*
+    FROM @schema@.dbq_claim_jobs_v4(
         p_queue_name::text, max_jobs::integer, p_worker::text, p_key::text, p_host::text,
         p_pid::integer, lease_seconds::float8, p_names::text[]) c;
 END

@@ -32,7 +32,8 @@ def megabytes(text: str) -> int:
 
 class Command(BaseCommand):
     help = (
-        "Rebuild the Job projection from the event ledger, or --verify that a rebuild matches it."
+        "Rebuild the Job and Queue projections from their ledgers, or --verify that a rebuild "
+        "matches them."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -83,14 +84,22 @@ class Command(BaseCommand):
         if result.ok:
             self.stdout.write(
                 f"ok: replaying {result.events} events gives the live projection "
-                f"({result.jobs} jobs) in {elapsed:.2f}s"
+                f"({result.jobs} jobs) in {elapsed:.2f}s; {result.queue_events} queue events "
+                f"give the live queues ({result.queues} ever paused)"
             )
             return
-        self.stderr.write(f"drift: {result.drift_count} jobs differ between live and replay")
+        if result.drift_count:
+            self.stderr.write(f"drift: {result.drift_count} jobs differ between live and replay")
         for drift in result.drift:
             self.stderr.write(f"  {drift.describe()}")
         if result.drift_count > len(result.drift):
             self.stderr.write(f"  ... and {result.drift_count - len(result.drift)} more")
+        if result.queue_drift:
+            self.stderr.write(
+                f"drift: {len(result.queue_drift)} queues differ between live and replay"
+            )
+        for queue_drift in result.queue_drift:
+            self.stderr.write(f"  {queue_drift.describe()}")
         raise SystemExit(1)
 
     def _print_as_of(self, when: Any, using: str) -> None:
