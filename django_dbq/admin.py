@@ -1,16 +1,57 @@
-"""The admin: jobs with their timeline, actions that append events, a read-only ledger."""
+"""The admin: jobs with their timeline, actions that append events, read-only ledgers,
+and the queues ever paused, with actions that pause and resume them."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from django_dbq.events.models import JobEvent
-from django_dbq.projections.models import Job
+from django_dbq.events.models import JobEvent, QueueEvent
+from django_dbq.exceptions import InvalidQueueError
+from django_dbq.projections.models import Job, Queue
+from django_dbq.queues import pause_queue, resume_queue
+
+
+class PauseReasonForm(ActionForm):
+    """The action bar, with the reason a pause records."""
+
+    reason = forms.CharField(
+        required=False, max_length=1000, label="Reason (for Pause)", help_text=""
+    )
+
+
+def _by(request: HttpRequest) -> str:
+    """Who the admin says pauses or resumes: its user."""
+    return f"admin:{request.user.get_username()}"
+
+
+def _pause_or_resume(
+    model_admin: admin.ModelAdmin, request: HttpRequest, names: list[str], pause: bool
+) -> None:
+    """Pause (with the action bar's reason) or resume each named queue, and say what happened."""
+    changed, unchanged = [], []
+    try:
+        for name in sorted(set(names)):
+            if pause:
+                done = pause_queue(name, request.POST.get("reason", ""), by=_by(request))
+            else:
+                done = resume_queue(name, by=_by(request))
+            (changed if done else unchanged).append(name)
+    except InvalidQueueError as exc:
+        model_admin.message_user(request, str(exc), messages.ERROR)
+        return
+    verb, state = ("Paused", "paused already") if pause else ("Resumed", "not paused")
+    model_admin.message_user(
+        request, f"{verb} {len(changed)} queues: {', '.join(changed) or '-'}.", messages.SUCCESS
+    )
+    if unchanged:
+        model_admin.message_user(request, f"{state}: {', '.join(unchanged)}.", messages.INFO)
 
 
 class JobEventInline(admin.TabularInline):
@@ -66,7 +107,8 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("workspace__icontains",)
     ordering = ("-created",)
     inlines = (JobEventInline,)
-    actions = ("requeue", "cancel", "run_now", "release")
+    actions = ("requeue", "cancel", "run_now", "release", "pause_queues", "resume_queues")
+    action_form = PauseReasonForm
     readonly_fields = (
         "state",
         "next_task",
@@ -107,6 +149,16 @@ class JobAdmin(admin.ModelAdmin):
             request, f"Returned {done} running jobs to their queue.", messages.SUCCESS
         )
 
+    @admin.action(description="Pause these jobs' queues (with the reason above)")
+    def pause_queues(self, request: HttpRequest, queryset: QuerySet) -> None:
+        names = list(queryset.values_list("queue_name", flat=True).distinct())
+        _pause_or_resume(self, request, names, pause=True)
+
+    @admin.action(description="Resume these jobs' queues")
+    def resume_queues(self, request: HttpRequest, queryset: QuerySet) -> None:
+        names = list(queryset.values_list("queue_name", flat=True).distinct())
+        _pause_or_resume(self, request, names, pause=False)
+
     @admin.action(description="Run now (clear run_after)")
     def run_now(self, request: HttpRequest, queryset: QuerySet) -> None:
         done = 0
@@ -126,6 +178,85 @@ class JobEventAdmin(admin.ModelAdmin):
     list_display = ("at", "job_id", "version", "kind")
     list_filter = ("kind",)
     search_fields = ("=job__id",)
+    ordering = ("-id",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class QueueEventInline(admin.TabularInline):
+    """The queue's history, oldest first: read-only."""
+
+    model = QueueEvent
+    fields = ("at", "version", "kind", "reason", "by", "role")
+    readonly_fields = fields
+    ordering = ("version",)
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="reason")
+    def reason(self, event: QueueEvent) -> str:
+        return (event.payload or {}).get("reason") or ""
+
+    @admin.display(description="by")
+    def by(self, event: QueueEvent) -> str:
+        return (event.payload or {}).get("by") or ""
+
+    @admin.display(description="role")
+    def role(self, event: QueueEvent) -> str:
+        return (event.payload or {}).get("role") or ""
+
+
+@admin.register(Queue)
+class QueueAdmin(admin.ModelAdmin):
+    """The queues ever paused, as they are now; actions pause and resume them."""
+
+    list_display = ("name", "paused", "reason", "by", "role", "since")
+    list_filter = ("paused",)
+    actions = ("pause", "resume")
+    action_form = PauseReasonForm
+    readonly_fields = list_display
+    fields = list_display
+    inlines = (QueueEventInline,)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A queue is paused by name (pause_queue) or from the jobs admin.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Viewing and the actions only: a queue's row is the projection of its events.
+        return False
+
+    @admin.action(description="Pause (with the reason above)", permissions=["view"])
+    def pause(self, request: HttpRequest, queryset: QuerySet) -> None:
+        _pause_or_resume(self, request, list(queryset.values_list("name", flat=True)), pause=True)
+
+    @admin.action(description="Resume", permissions=["view"])
+    def resume(self, request: HttpRequest, queryset: QuerySet) -> None:
+        _pause_or_resume(self, request, list(queryset.values_list("name", flat=True)), pause=False)
+
+
+@admin.register(QueueEvent)
+class QueueEventAdmin(admin.ModelAdmin):
+    """The queue ledger, read-only for every user."""
+
+    list_display = ("at", "queue_id", "version", "kind", "payload")
+    list_filter = ("kind",)
     ordering = ("-id",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -43,3 +43,7 @@ class MigrationHistoryError(DbqError, CommandError):
     A CommandError, so that ``manage.py migrate`` prints the message (which says what
     to record) without a traceback.
     """
+
+
+class InvalidQueueError(DbqError, ValueError):
+    """A queue name, pause reason or `by` that the queue ledger cannot store."""

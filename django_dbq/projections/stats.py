@@ -15,7 +15,8 @@ WINDOW_MINUTES = 5
 
 def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
     """Per queue: jobs per state, oldest waiting job's age (s), completed and failed per minute,
-    and the waiting jobs whose name these settings do not know (workers here leave them)."""
+    the waiting jobs whose name these settings do not know (workers here leave them), and,
+    for a paused queue (listed even with no jobs), its pause: reason, by, role, since."""
     queries = load_queries("django_dbq.projections")
     stats: dict[str, dict[str, Any]] = defaultdict(
         lambda: {
@@ -24,6 +25,7 @@ def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
             "completed_per_minute": 0.0,
             "failed_per_minute": 0.0,
             "unknown_names": {},
+            "paused": None,
         }
     )
     with connections[using].cursor() as cursor:
@@ -39,4 +41,13 @@ def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
         cursor.execute(*bind(queries["stats_unknown_names"], {"names": tasks.known_job_names()}))
         for queue, name, count in cursor.fetchall():
             stats[queue]["unknown_names"][name] = count
+        cursor.execute(queries["stats_queues"])
+        for queue, paused, reason, by, role, since in cursor.fetchall():
+            if paused:
+                stats[queue]["paused"] = {
+                    "reason": reason,
+                    "by": by,
+                    "role": role,
+                    "since": since.isoformat(),
+                }
     return dict(sorted(stats.items()))

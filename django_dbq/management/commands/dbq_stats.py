@@ -10,7 +10,10 @@ from django_dbq.projections.stats import WINDOW_MINUTES, queue_stats
 
 
 class Command(BaseCommand):
-    help = "Print jobs per queue and state, the oldest waiting job's age, and recent throughput."
+    help = (
+        "Print jobs per queue and state, the oldest waiting job's age, recent throughput, "
+        "and the paused queues."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="One JSON document, for scripts.")
@@ -23,7 +26,7 @@ class Command(BaseCommand):
             )
             return
         states = list(Job.STATES.values)
-        header = ["queue", *states, "oldest waiting", "done/min", "failed/min"]
+        header = ["queue", *states, "oldest waiting", "done/min", "failed/min", "paused"]
         rows = [header]
         for queue, row in stats.items():
             age = row["oldest_waiting_seconds"]
@@ -34,6 +37,7 @@ class Command(BaseCommand):
                     "-" if age is None else f"{age:.1f}s",
                     f"{row['completed_per_minute']:g}",
                     f"{row['failed_per_minute']:g}",
+                    "yes" if row["paused"] else "-",
                 ]
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -44,6 +48,12 @@ class Command(BaseCommand):
         self.stdout.write(
             f"(done/min and failed/min: last {WINDOW_MINUTES} minutes, from the ledger)"
         )
+        for queue, row in stats.items():
+            if pause := row["paused"]:
+                self.stdout.write(
+                    f"paused: {queue} since {pause['since']} by {pause['by'] or '-'} "
+                    f"(role {pause['role']}): {pause['reason'] or 'no reason given'}"
+                )
         for queue, row in stats.items():
             if row["unknown_names"]:
                 names = ", ".join(f"{n} ({c})" for n, c in sorted(row["unknown_names"].items()))

@@ -60,6 +60,7 @@ class Command(BaseCommand):
             f'Starting job worker for queue "{queue_name}" with rate limit of one job per '
             f"{_seconds(rate_limit)} second(s)"
         )
+        self._say_if_paused(queue_name)
         if options["dry_run"]:
             return
 
@@ -74,6 +75,18 @@ class Command(BaseCommand):
         status = run_processes(options["concurrency"], work)
         if status:
             sys.exit(status)
+
+    def _say_if_paused(self, queue_name: str) -> None:
+        """A worker of a paused queue runs nothing until it is resumed: say so at the start."""
+        from django_dbq.queues import paused_queues
+
+        queue = paused_queues().get(queue_name)
+        if queue is not None:
+            self.stdout.write(
+                f'Queue "{queue_name}" is paused (since {queue.since.isoformat()}, by {queue.by} '
+                f"as {queue.role}: {queue.reason or 'no reason given'}); this worker claims "
+                "nothing from it until resume_queue"
+            )
 
 
 def _seconds(value: float) -> str:
