@@ -21,9 +21,7 @@ from django_dbq.queues import pause_queue, resume_queue
 class PauseReasonForm(ActionForm):
     """The action bar, with the reason a pause records."""
 
-    reason = forms.CharField(
-        required=False, max_length=1000, label="Reason (for Pause)", help_text=""
-    )
+    reason = forms.CharField(required=False, max_length=1000, label="Reason (for Pause)")
 
 
 def _by(request: HttpRequest) -> str:
@@ -46,7 +44,7 @@ def _pause_or_resume(
     except InvalidQueueError as exc:
         model_admin.message_user(request, str(exc), messages.ERROR)
         return
-    verb, state = ("Paused", "paused already") if pause else ("Resumed", "not paused")
+    verb, state = ("Paused", "Paused already") if pause else ("Resumed", "Not paused")
     model_admin.message_user(
         request, f"{verb} {len(changed)} queues: {', '.join(changed) or '-'}.", messages.SUCCESS
     )

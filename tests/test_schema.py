@@ -7,7 +7,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from django_dbq.events.models import EventKind
+from django_dbq.events.models import QUEUE_OCCURS_WHEN, EventKind, QueueEventKind
 from django_dbq.models import Job
 from django_dbq.sqlfiles import load_queries, read_sql
 
@@ -28,6 +28,14 @@ def test_state_machine__names_every_event_kind():
     missing = [k for k in EventKind.values if f"'{k}'" not in state_machine]
 
     assert missing == [], f"dbq_next_state_v2 does not handle {missing}; add a rule and a _v3"
+
+
+def test_queue_state_machine__names_every_queue_event_kind_and_when_it_occurs():
+    fold = read_sql("django_dbq.projections", "sql/queues.sql")
+    missing = [k for k in QueueEventKind.values if f"WHEN '{k}' THEN" not in fold]
+
+    assert missing == [], f"dbq_queue_event_is_illegal_v1 does not handle {missing}; add a _v2"
+    assert set(QUEUE_OCCURS_WHEN) == set(QueueEventKind.values)
 
 
 def claim_statement():

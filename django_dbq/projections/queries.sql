@@ -164,7 +164,6 @@ WHERE state IN ('NEW', 'READY') AND NOT (name = ANY(%(names)s::text[]))
 GROUP BY 1, 2
 ORDER BY 1, 2
 
--- name: stats_queues
--- Every queue ever paused, as it is now: paused or not, why, by whom, as which
--- role, since when.
-SELECT name, paused, reason, by, role, since FROM django_dbq_queue ORDER BY name
+-- name: stats_paused
+-- The paused queues: why, by whom, as which role, since when.
+SELECT name, reason, by, role, since FROM django_dbq_queue WHERE paused ORDER BY name

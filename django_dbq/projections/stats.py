@@ -41,13 +41,12 @@ def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
         cursor.execute(*bind(queries["stats_unknown_names"], {"names": tasks.known_job_names()}))
         for queue, name, count in cursor.fetchall():
             stats[queue]["unknown_names"][name] = count
-        cursor.execute(queries["stats_queues"])
-        for queue, paused, reason, by, role, since in cursor.fetchall():
-            if paused:
-                stats[queue]["paused"] = {
-                    "reason": reason,
-                    "by": by,
-                    "role": role,
-                    "since": since.isoformat(),
-                }
+        cursor.execute(queries["stats_paused"])
+        for queue, reason, by, role, since in cursor.fetchall():
+            stats[queue]["paused"] = {
+                "reason": reason,
+                "by": by,
+                "role": role,
+                "since": since.isoformat(),
+            }
     return dict(sorted(stats.items()))
