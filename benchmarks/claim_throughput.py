@@ -5,6 +5,8 @@
 Each run: enqueue one by one, enqueue in bulk, drain with W `worker --burst`
 processes (rates measured between the first claim and the last outcome in the
 ledger, so process start-up is not counted), then time the claim statement itself.
+With --paused-queues N, N other queues are paused throughout (claims read the
+pause of their own queue; this shows what the others cost them).
 Prints a table and one JSON line.
 """
 
@@ -94,6 +96,14 @@ def claim_latency(count: int, batch: int) -> tuple[list[float], list[float]]:
         acks.append((time.perf_counter() - started) * 1000)
 
 
+def pause_queues(count: int) -> None:
+    """Pause `count` queues other than the ones the benchmark drains."""
+    from django_dbq.queues import pause_queue
+
+    for n in range(count):
+        pause_queue(f"paused{n}", "benchmark", by="claim_throughput")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20000)
@@ -103,10 +113,15 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, choices=(1, 3), default=1)
     parser.add_argument("--one-by-one", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=50, help="claim size for the latency test")
+    parser.add_argument(
+        "--paused-queues", type=int, default=0, help="pause this many other queues throughout"
+    )
     args = parser.parse_args()
     name = "noop" if args.tasks == 1 else "noop3"
 
     setup()
+    if args.paused_queues:
+        pause_queues(args.paused_queues)
     enqueue_bulk(2000, name, args.queues)  # warm-up
     drain(args.workers, args.queues)
 
@@ -131,6 +146,7 @@ def main() -> None:
         "jobs": args.jobs,
         "workers": args.workers,
         "queues": args.queues,
+        "paused_queues": args.paused_queues,
         "tasks_per_job": args.tasks,
         "repeats": args.repeats,
         "drain_jobs_per_s": summary(jobs_s),
@@ -147,7 +163,8 @@ def main() -> None:
     }
     print_table(
         f"claim throughput: {args.jobs} jobs x {args.tasks} task(s), {args.workers} worker "
-        f"process(es), {args.queues} queue(s), median of {args.repeats}",
+        f"process(es), {args.queues} queue(s), {args.paused_queues} other(s) paused, "
+        f"median of {args.repeats}",
         [
             ("drain (jobs/s)", result["drain_jobs_per_s"]),
             ("drain (events/s)", result["drain_events_per_s"]),
