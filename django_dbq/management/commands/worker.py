@@ -6,6 +6,7 @@ from time import sleep
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connection
 
 from django_dbq.worker import Worker, run_processes
 
@@ -77,10 +78,18 @@ class Command(BaseCommand):
             sys.exit(status)
 
     def _say_if_paused(self, queue_name: str) -> None:
-        """A worker of a paused queue runs nothing until it is resumed: say so at the start."""
+        """A worker of a paused queue runs nothing until it is resumed: say so at the start.
+
+        Only a note: without the database now, the worker starts anyway and its
+        loop reconnects, as it would without this look.
+        """
         from django_dbq.queues import paused_queues
 
-        queue = paused_queues().get(queue_name)
+        try:
+            queue = paused_queues().get(queue_name)
+        except DatabaseError:
+            connection.close()
+            return
         if queue is not None:
             self.stdout.write(
                 f'Queue "{queue_name}" is paused (since {queue.since.isoformat()}, by {queue.by} '
