@@ -98,10 +98,11 @@ class Worker(Heartbeat, Waiting, OneJobAtATime):
 
     def _run_claimed(self, job: Job) -> Outcome:
         """Run a held job's next task and hooks; the outcome is left pending (a failure's recorded)."""
-        if job._dbq_came_back and self._pending:
+        if job._dbq_came_back:
             # Should this job kill the worker, the database blames the first
             # job of the batch still held: make that this one, not a finished
-            # job whose outcome waits for the next claim.
+            # job whose outcome waits for the next claim, nor one whose outcome
+            # the heartbeat is sending right now (_flush waits for that send).
             self._flush()
         self.current_job = job
         logger.info(
