@@ -6,7 +6,9 @@ Each run: enqueue one by one, enqueue in bulk, drain with W `worker --burst`
 processes (rates measured between the first claim and the last outcome in the
 ledger, so process start-up is not counted), then time the claim statement itself.
 With --paused-queues N, N other queues are paused throughout (claims read the
-pause of their own queue; this shows what the others cost them).
+pause of their own queue; this shows what the others cost them). With
+--held-keys N, N jobs with unique keys wait in another queue throughout (keys in
+use); with --keyed, the jobs enqueued in bulk and drained carry unique keys.
 Prints a table and one JSON line.
 """
 
@@ -49,13 +51,28 @@ def enqueue_one_by_one(count: int, prepare_threshold: int | None = None) -> floa
         del connection.settings_dict["OPTIONS"]["prepare_threshold"]
 
 
-def enqueue_bulk(count: int, name: str, queues: int) -> float:
+def enqueue_bulk(count: int, name: str, queues: int, keyed: bool = False) -> float:
     from django_dbq.models import Job
 
-    jobs = [Job(name=name, queue_name=f"q{n % queues}") for n in range(count)]
+    if keyed:
+        jobs = [
+            Job(name=name, queue_name=f"q{n % queues}", unique_key=f"key-{n}") for n in range(count)
+        ]
+    else:
+        jobs = [Job(name=name, queue_name=f"q{n % queues}") for n in range(count)]
     started = time.perf_counter()
-    Job.objects.bulk_create(jobs)
+    created = Job.objects.bulk_create(jobs)
+    assert len(created) == count, f"{len(created)} of {count} jobs created"
     return count / (time.perf_counter() - started)
+
+
+def hold_keys(count: int) -> None:
+    """`count` jobs with unique keys, waiting in a queue no worker of the benchmark drains."""
+    from django_dbq.models import Job
+
+    Job.objects.bulk_create(
+        [Job(name="noop", queue_name="held", unique_key=f"held-{n}") for n in range(count)]
+    )
 
 
 def drain(workers: int, queues: int) -> tuple[float, float, int]:
@@ -116,12 +133,20 @@ def main() -> None:
     parser.add_argument(
         "--paused-queues", type=int, default=0, help="pause this many other queues throughout"
     )
+    parser.add_argument(
+        "--held-keys", type=int, default=0, help="jobs with unique keys waiting in another queue"
+    )
+    parser.add_argument(
+        "--keyed", action="store_true", help="the bulk-enqueued jobs carry unique keys"
+    )
     args = parser.parse_args()
     name = "noop" if args.tasks == 1 else "noop3"
 
     setup()
     if args.paused_queues:
         pause_queues(args.paused_queues)
+    if args.held_keys:
+        hold_keys(args.held_keys)
     enqueue_bulk(2000, name, args.queues)  # warm-up
     drain(args.workers, args.queues)
 
@@ -133,7 +158,7 @@ def main() -> None:
         # The one-by-one jobs are drained too, so the bulk run starts from an empty queue.
         drain(args.workers, 1)
         reset()
-        bulk.append(enqueue_bulk(args.jobs, name, args.queues))
+        bulk.append(enqueue_bulk(args.jobs, name, args.queues, args.keyed))
         jobs, events, done = drain(args.workers, args.queues)
         assert done == args.jobs, f"{done} of {args.jobs} jobs completed"
         jobs_s.append(jobs)
@@ -147,6 +172,8 @@ def main() -> None:
         "workers": args.workers,
         "queues": args.queues,
         "paused_queues": args.paused_queues,
+        "held_keys": args.held_keys,
+        "keyed": args.keyed,
         "tasks_per_job": args.tasks,
         "repeats": args.repeats,
         "drain_jobs_per_s": summary(jobs_s),
@@ -164,6 +191,7 @@ def main() -> None:
     print_table(
         f"claim throughput: {args.jobs} jobs x {args.tasks} task(s), {args.workers} worker "
         f"process(es), {args.queues} queue(s), {args.paused_queues} other(s) paused, "
+        f"{args.held_keys} unique keys held, {'keyed' if args.keyed else 'no keys'}, "
         f"median of {args.repeats}",
         [
             ("drain (jobs/s)", result["drain_jobs_per_s"]),

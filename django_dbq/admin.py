@@ -102,7 +102,8 @@ class JobAdmin(admin.ModelAdmin):
         "modified",
     )
     list_filter = ("state", "queue_name", "name")
-    search_fields = ("workspace__icontains",)
+    # A unique key exactly, or text of the workspace.
+    search_fields = ("=unique_key", "workspace__icontains")
     ordering = ("-created",)
     inlines = (JobEventInline,)
     actions = ("requeue", "cancel", "run_now", "release", "pause_queues", "resume_queues")
@@ -114,13 +115,14 @@ class JobAdmin(admin.ModelAdmin):
         "version",
         "claimed_by",
         "lease_until",
+        "unique_key",
         "created",
         "modified",
     )
     fields = ("name", "queue_name", "priority", "run_after", "workspace", *readonly_fields)
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:
-        """A job id finds that job; anything else searches the workspace's text."""
+        """A job id finds that job; anything else a unique key or the workspace's text."""
         try:
             return queryset.filter(id=uuid.UUID(search_term.strip())), False
         except ValueError:

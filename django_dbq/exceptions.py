@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import CommandError
 
 
@@ -47,3 +49,15 @@ class MigrationHistoryError(DbqError, CommandError):
 
 class InvalidQueueError(DbqError, ValueError):
     """A queue name, pause reason or `by` that the queue ledger cannot store."""
+
+
+class DuplicateJobError(DbqError):
+    """A job with this unique key already waits or runs, so no second one was made.
+
+    `.job` is that job (None if it finished in the meantime), `.unique_key` the key.
+    """
+
+    def __init__(self, message: str, job: Any = None, unique_key: str | None = None) -> None:
+        super().__init__(message)
+        self.job = job
+        self.unique_key = unique_key

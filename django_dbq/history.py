@@ -28,6 +28,8 @@ def _row(event: JobEvent) -> tuple[str, ...]:
     kind = event.kind + (" (imported)" if payload.get("imported") else "")
     if event.kind == "retried":
         kind += f" (attempt {payload.get('attempt')})"
+    if event.kind == "created" and payload.get("unique_key") is not None:
+        kind += f" (unique key {payload['unique_key']!r})"
     return (
         event.at.isoformat(timespec="milliseconds"),
         str(event.version),

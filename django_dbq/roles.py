@@ -9,7 +9,8 @@ the calling role may do; each role is granted its functions and SELECT:
   lapsed ones, and enqueues jobs (tasks may); it saves no job it does not hold.
 - app (the web application, the admin, operators' commands): enqueues
   (`created` in a state a creation allows), saves (`updated`), cancels,
-  requeues, releases jobs whose worker is gone, and pauses and resumes queues
+  requeues, releases jobs whose worker is gone, creates unique jobs (and
+  replaces the waiting one that holds a key: an `updated` event), and pauses and resumes queues
   (the queue ledger's `paused` and `resumed`).
 - maintenance: runs delete_old_jobs (the retention function), and nothing else.
 
@@ -31,6 +32,8 @@ SEQUENCES = ("django_dbq_jobevent_id_seq", "django_dbq_queueevent_id_seq")
 APP_FUNCTIONS = (
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
+    "dbq_create_unique_jobs_v1(jsonb)",
+    "dbq_replace_unique_jobs_v1(jsonb)",
     "dbq_update_jobs_v2(jsonb)",
     "dbq_cancel_jobs_v2(uuid[], text)",
     "dbq_requeue_jobs_v2(uuid[], text)",
@@ -56,6 +59,7 @@ WORKER_FUNCTIONS = (
     # A task may enqueue more jobs.
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
+    "dbq_create_unique_jobs_v1(jsonb)",
     # Superseded by migrations 0008, 0011 and 0013, kept for workers of the
     # previous releases while a rolling deploy replaces them.
     "dbq_save_held_v1(text, jsonb)",

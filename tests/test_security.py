@@ -32,6 +32,7 @@ SQL_FILES = [
     ("django_dbq.events", "sql/worker.sql"),
     ("django_dbq.events", "sql/operations.sql"),
     ("django_dbq.events", "sql/queues.sql"),
+    ("django_dbq.events", "sql/unique.sql"),
     ("django_dbq.projections", "sql/queues.sql"),
 ]
 # The ledger's columns, in its order, for a table of one's own.
@@ -750,6 +751,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_create_job_v2": ["app", "worker"],
         "dbq_create_jobs_v1": ["app", "worker"],
         "dbq_create_jobs_v2": ["app", "worker"],
+        "dbq_create_unique_jobs_v1": ["app", "worker"],
         "dbq_delete_old_jobs_v3": ["maintenance"],
         "dbq_expire_leases_v2": ["worker"],
         "dbq_expire_leases_v3": ["worker"],
@@ -761,6 +763,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_record_outcomes_v1": ["worker"],
         "dbq_release_jobs_v1": ["app"],
         "dbq_renew_leases_v2": ["worker"],
+        "dbq_replace_unique_jobs_v1": ["app"],
         "dbq_requeue_jobs_v2": ["app"],
         "dbq_resume_queue_v1": ["app"],
         "dbq_save_failed_v1": ["worker"],

@@ -9,12 +9,12 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.utils import CursorWrapper
 
 from django_dbq.clock import from_epoch, from_epochs
-from django_dbq.exceptions import JobGoneError
+from django_dbq.exceptions import DuplicateJobError, JobGoneError
 from django_dbq.sqlfiles import bind, load_queries
 
 
@@ -118,6 +118,30 @@ def append_created(
         return _times(cursor.fetchall(), len(events))
 
 
+class UniqueCreated(NamedTuple):
+    """What the ledger made of one job with a unique key: created at `at`, or a duplicate."""
+
+    job_id: uuid.UUID
+    at: datetime | None
+    # The job that holds the key (None when it finished meanwhile: the key is free).
+    duplicate_of: uuid.UUID | None
+    replaced: bool
+
+
+def append_unique_created(
+    events: Sequence[dict[str, Any]], replace: bool, using: str = DEFAULT_DB_ALIAS
+) -> list[UniqueCreated]:
+    """Append `created` events, some with a unique key, in one statement; report each, in order."""
+    name = "events_insert_unique_replacing" if replace else "events_insert_unique_created"
+    query = bind(_queries()[name], {"events": orjson.dumps(events).decode()})
+    with bound_cursor(using) as cursor:
+        cursor.execute(*query)
+        rows = cursor.fetchall()
+    if len(rows) != len(events):
+        raise RuntimeError(f"django_dbq: {len(events)} created events sent, {len(rows)} reported")
+    return [UniqueCreated(i, from_epoch(at), held, replaced) for i, at, held, replaced in rows]
+
+
 def _times(rows: list[tuple[float]], expected: int) -> list[datetime]:
     if len(rows) != expected:  # an INSERT inserts all its rows or raises
         raise RuntimeError(f"django_dbq: {expected} created events sent, {len(rows)} recorded")
@@ -198,9 +222,33 @@ def append_events(
     return _append("events_append", events, using)
 
 
+# The projection's index of the keys that waiting and running jobs hold.
+UNIQUE_KEY_INDEX = "django_dbq_job_unique_key"
+
+
+@contextmanager
+def refusing_held_keys(action: str) -> Iterator[None]:
+    """Turn the unique-key index's refusal of a transition into a DuplicateJobError that says why."""
+    try:
+        yield
+    except IntegrityError as error:
+        diag = getattr(error.__cause__, "diag", None)
+        if getattr(diag, "constraint_name", None) != UNIQUE_KEY_INDEX:
+            raise
+        raise DuplicateJobError(
+            f"{action} would make a second job with the same unique_key wait or run "
+            f"({diag.message_detail}); wait until the job that holds the key finishes, "
+            "or cancel it first. Nothing was changed."
+        ) from error
+
+
 def _append(query: str, events: Sequence[tuple[uuid.UUID, str, str]], using: str) -> list[Appended]:
     # Atomic: when one job is missing, the events of the others are not kept either.
-    with transaction.atomic(using), connections[using].cursor() as cursor:
+    with (
+        refusing_held_keys("This save"),
+        transaction.atomic(using),
+        connections[using].cursor() as cursor,
+    ):
         cursor.execute(*bind(_queries()[query], {"events": encode_events(events)}))
         appended = [
             Appended(job_id, version, from_epoch(at)) for job_id, version, at in cursor.fetchall()

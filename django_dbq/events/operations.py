@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
+from django_dbq.events.append import refusing_held_keys
 from django_dbq.sqlfiles import bind, load_queries
 
 CHUNK = 1000
@@ -14,7 +15,12 @@ CHUNK = 1000
 
 def _act(query: str, job_ids: Iterable[uuid.UUID], reason: str, using: str) -> dict[uuid.UUID, str]:
     ids, done = list(job_ids), {}
-    with connections[using].cursor() as cursor:
+    # Atomic: one refused job (a key held by another) leaves the others unchanged too.
+    with (
+        refusing_held_keys("This requeue"),
+        transaction.atomic(using),
+        connections[using].cursor() as cursor,
+    ):
         for start in range(0, len(ids), CHUNK):
             params = {"job_ids": ids[start : start + CHUNK], "reason": reason}
             cursor.execute(*bind(load_queries("django_dbq.events")[query], params))

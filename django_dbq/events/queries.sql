@@ -15,6 +15,18 @@ SELECT * FROM dbq_create_jobs_v2(%(events)s::jsonb)
 -- JSON array.
 SELECT dbq_create_job_v2(%(job_id)s::uuid, %(payload)s::jsonb)
 
+-- name: events_insert_unique_created
+-- Enqueue jobs of which some carry a unique key (sql/unique.sql): the same
+-- JSON array; per event, in order, its job id, the time of its `created` event
+-- (NULL for a duplicate), the job that holds its key, and whether that job was
+-- replaced (always false here).
+SELECT * FROM dbq_create_unique_jobs_v1(%(events)s::jsonb)
+
+-- name: events_insert_unique_replacing
+-- The same, and the waiting job holding each duplicate's key takes its
+-- workspace, run_after and priority (an `updated` event).
+SELECT * FROM dbq_replace_unique_jobs_v1(%(events)s::jsonb)
+
 -- name: events_update
 -- job.save(): one `updated` event per job at the job's next version; the events
 -- come as one JSON array of {job_id, kind, payload}.

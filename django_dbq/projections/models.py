@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from django_dbq import tasks
-from django_dbq.exceptions import ProjectionWriteError
+from django_dbq.exceptions import InvalidJobError, ProjectionWriteError
 from django_dbq.triggers import SqlFunctionTrigger
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_DELETE_JOBS_AFTER_HOURS = 24
 # Job.queue_name's length, and so a queue's.
 QUEUE_NAME_LENGTH = 20
+# Job.unique_key's length, and the states in which a job holds its key.
+UNIQUE_KEY_LENGTH = 200
+UNIQUE_STATES = ["NEW", "READY", "PROCESSING", "STOPPING"]
 
 _WRITE_REFUSED = (
     "django_dbq_job is a projection of the job ledger and is never written directly. "
@@ -34,16 +37,65 @@ _WRITE_REFUSED = (
 class JobQuerySet(models.QuerySet):
     """Reads as usual; every write is translated into ledger events or refused."""
 
-    def bulk_create(self, objs: Any, batch_size: int | None = None, **kwargs: Any) -> list[Job]:
-        """Enqueue the jobs with one `created` event each, one statement per batch."""
+    def create(self, **kwargs: Any) -> Job:
+        """Enqueue a job; with unique_key=..., on_duplicate="replace" updates the waiting one.
+
+        A job whose unique key a waiting or running job holds is not made:
+        DuplicateJobError, with that job as `.job`. With on_duplicate="replace",
+        the waiting job gets this one's workspace, run_after and priority (an
+        `updated` event) and is returned instead; a running one still raises.
+        """
+        if "on_duplicate" not in kwargs:
+            return super().create(**kwargs)
+        from django_dbq.projections.writes import duplicate_error, duplicate_of, enqueue_jobs
+
+        on_duplicate = kwargs.pop("on_duplicate")
+        if on_duplicate not in ("raise", "replace"):
+            raise InvalidJobError(
+                f"Job.objects.create(on_duplicate={on_duplicate!r}): use 'raise' (the default) "
+                "or 'replace'."
+            )
+        job = self.model(**kwargs)
+        self._for_write = True
+        enqueue_jobs([job], using=self.db, on_duplicate=on_duplicate)
+        held = duplicate_of(job)
+        if held is None:
+            return job
+        holder_id, replaced = held
+        if replaced:
+            return self.model.objects.using(self.db).get(pk=holder_id)
+        raise duplicate_error(job, self.db)
+
+    def bulk_create(
+        self,
+        objs: Any,
+        batch_size: int | None = None,
+        on_duplicate: str = "skip",
+        **kwargs: Any,
+    ) -> list[Job]:
+        """Enqueue the jobs with one `created` event each, one statement per batch.
+
+        Jobs whose unique key a waiting or running job (or an earlier job of the
+        call) holds are left out of the list returned; with on_duplicate="replace",
+        the waiting job holding each key takes the last such job's workspace,
+        run_after and priority.
+        """
         from django_dbq.projections.writes import enqueue_jobs
 
         if kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts"):
             raise ProjectionWriteError(
                 "Job.objects.bulk_create() does not take ignore_conflicts or update_conflicts: "
-                "a job is created once, by its 'created' event."
+                "a job is created once, by its 'created' event (give jobs a unique_key to "
+                "leave out duplicates)."
             )
-        return enqueue_jobs(list(objs), using=self.db, batch_size=batch_size)
+        if on_duplicate not in ("skip", "replace"):
+            raise InvalidJobError(
+                f"Job.objects.bulk_create(on_duplicate={on_duplicate!r}): use 'skip' (the "
+                "default) or 'replace'."
+            )
+        return enqueue_jobs(
+            list(objs), using=self.db, batch_size=batch_size, on_duplicate=on_duplicate
+        )
 
     def update(self, **kwargs: Any) -> int:
         raise ProjectionWriteError(f"Job.objects.update() is refused. {_WRITE_REFUSED}")
@@ -157,6 +209,11 @@ class Job(models.Model):
     # SHA-256 (hex) of the secret key with which the holder proves its claim
     # (events/sql/worker.sql); the key itself is never stored.
     lease_key = models.CharField(max_length=64, null=True, editable=False)  # noqa: DJ001 (NULL: no holder)
+    # Of a unique job (created with unique_key=...): no second job with the same
+    # key is created while this one waits or runs (the constraint below).
+    unique_key = models.CharField(  # noqa: DJ001 (NULL: not unique)
+        max_length=UNIQUE_KEY_LENGTH, null=True, blank=True, editable=False
+    )
 
     objects = JobManager()
 
@@ -178,6 +235,15 @@ class Job(models.Model):
                 "lease_until",
                 name="django_dbq_job_leased",
                 condition=Q(state__in=["PROCESSING", "STOPPING"]),
+            ),
+        ]
+        constraints = [
+            # At most one job per unique key waits or runs; a finished job frees
+            # its key. Jobs without a key are not in the index.
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                name="django_dbq_job_unique_key",
+                condition=Q(unique_key__isnull=False) & Q(state__in=UNIQUE_STATES),
             ),
         ]
         triggers = [

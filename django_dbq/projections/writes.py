@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -19,9 +20,20 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
-from django_dbq.events.append import append_created, append_created_batches, append_updates
-from django_dbq.exceptions import DbqError, InvalidJobError, JobConfigError, JobGoneError
-from django_dbq.projections.models import QUEUE_NAME_LENGTH
+from django_dbq.events.append import (
+    append_created,
+    append_created_batches,
+    append_unique_created,
+    append_updates,
+)
+from django_dbq.exceptions import (
+    DbqError,
+    DuplicateJobError,
+    InvalidJobError,
+    JobConfigError,
+    JobGoneError,
+)
+from django_dbq.projections.models import QUEUE_NAME_LENGTH, UNIQUE_KEY_LENGTH
 
 if TYPE_CHECKING:
     from django_dbq.projections.models import Job
@@ -57,7 +69,16 @@ SMALLINT_RANGE = (-32768, 32767)
 PIPELINE_BATCH = 500
 
 
-def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None) -> list[Job]:
+# What create() and bulk_create() do with a job whose unique key a waiting or
+# running job holds: raise DuplicateJobError (create's default), leave it out
+# (bulk_create's default), or update the waiting job with its workspace,
+# run_after and priority.
+ON_DUPLICATE = ("raise", "skip", "replace")
+
+
+def enqueue_jobs(
+    jobs: Sequence[Job], using: str, batch_size: int | None = None, on_duplicate: str = "raise"
+) -> list[Job]:
     """Create jobs: one `created` event each, one INSERT per batch; return the jobs created.
 
     One bad job leaves the whole call without effect. Every job's fields are
@@ -86,6 +107,8 @@ def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None)
 
     if not ready:
         return ready
+    if any(job.__dict__.get("unique_key") is not None for job in ready):
+        return _enqueue_unique(ready, using, size, on_duplicate)
     if len(ready) <= size:
         times = append_created(next(batches()), using=using)
     else:
@@ -96,6 +119,97 @@ def enqueue_jobs(jobs: Sequence[Job], using: str, batch_size: int | None = None)
         _mark_saved(job, using, version=1, at=at, snapshot=snapshot)
         job.__dict__["created"] = at
     return ready
+
+
+def _enqueue_unique(ready: list[Job], using: str, size: int, on_duplicate: str) -> list[Job]:
+    """enqueue_jobs for jobs among which some have a unique key: a statement per batch.
+
+    A duplicate is left out of what comes back; its instance stays unsaved and
+    knows the job that holds its key. A duplicate whose holder finished before
+    the statement could name it is sent again: its key is free.
+    """
+    if on_duplicate not in ON_DUPLICATE:
+        raise InvalidJobError(
+            f"on_duplicate={on_duplicate!r} is not one of {', '.join(map(repr, ON_DUPLICATE))}."
+        )
+    for job in ready:
+        _check_field("unique_key", job.__dict__.get("unique_key"))
+    created: list[Job] = []
+    # Several batches: all or none. One: its statement is atomic on its own.
+    with transaction.atomic(using) if len(ready) > size else nullcontext():
+        for start in range(0, len(ready), size):
+            pending = ready[start : start + size]
+            for _ in range(3):
+                pending = _create_unique_batch(pending, using, on_duplicate, created)
+                if not pending:
+                    break
+            for job in pending:
+                job.__dict__["_dbq_duplicate"] = (None, False)
+    if on_duplicate == "raise":
+        for job in ready:
+            if "_dbq_duplicate" in job.__dict__:
+                raise duplicate_error(job, using)
+    return created
+
+
+def _create_unique_batch(
+    batch: list[Job], using: str, on_duplicate: str, created: list[Job]
+) -> list[Job]:
+    """Send one batch; add the jobs created to `created`; return those to send again."""
+    events, snapshots = [], []
+    for job in batch:
+        job.__dict__.pop("_dbq_duplicate", None)
+        workspace = jsonutil.encode_workspace(job.workspace)
+        snapshots.append(_snapshot(job, workspace))
+        payload = _created_payload(job, workspace)
+        if job.unique_key is not None:
+            payload["unique_key"] = job.unique_key
+        events.append({"job_id": job.pk, "payload": payload})
+    again = []
+    rows = append_unique_created(events, on_duplicate == "replace", using=using)
+    for job, snapshot, row in zip(batch, snapshots, rows, strict=True):
+        if row.at is not None:
+            snapshot["created"] = row.at
+            _mark_saved(job, using, version=1, at=row.at, snapshot=snapshot)
+            job.__dict__["created"] = row.at
+            created.append(job)
+        elif row.duplicate_of is None:
+            again.append(job)
+        else:
+            job.__dict__["_dbq_duplicate"] = (row.duplicate_of, row.replaced)
+    return again
+
+
+def duplicate_of(job: Job) -> tuple[Any, bool] | None:
+    """For a job left out as a duplicate: (the id of the job holding its key, whether it was replaced)."""
+    return job.__dict__.get("_dbq_duplicate")
+
+
+def duplicate_error(job: Job, using: str) -> DuplicateJobError:
+    """The DuplicateJobError for a job left out as a duplicate, with the job that holds its key."""
+    from django_dbq.projections.models import Job as JobModel
+
+    holder_id, _ = job.__dict__["_dbq_duplicate"]
+    holder = JobModel.objects.using(using).filter(pk=holder_id).first() if holder_id else None
+    key = job.unique_key
+    if holder is None:
+        message = (
+            f"A job with unique_key {key!r} was waiting or running and finished while this "
+            "one was created; none was made. Create it again."
+        )
+    elif holder.state in ("NEW", "READY"):
+        message = (
+            f"Job {holder.pk} with unique_key {key!r} is waiting ({holder.state}), so no "
+            "second one was made. Pass on_duplicate='replace' to update the waiting job "
+            "instead, or use another key."
+        )
+    else:
+        message = (
+            f"Job {holder.pk} with unique_key {key!r} is running ({holder.state}), so no "
+            "second one was made (a running job cannot be replaced). Create it again "
+            "once that job has finished, or use another key."
+        )
+    return DuplicateJobError(message, job=holder, unique_key=key)
 
 
 def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) -> None:
@@ -287,6 +401,18 @@ def _check_field(field: str, value: Any) -> None:
         _aware_run_after(value)
     elif field == "created":
         _aware_created(value)
+    elif field == "unique_key" and value is not None:
+        if not isinstance(value, str):
+            raise InvalidJobError(
+                f"Job unique_key must be a string or None, not {type(value).__name__}."
+            )
+        if "\x00" in value:
+            raise InvalidJobError("Job unique_key holds a NUL character (\\x00); leave it out.")
+        if not 1 <= len(value) <= UNIQUE_KEY_LENGTH:
+            raise InvalidJobError(
+                f"Job unique_key is {len(value)} characters long; use a key of 1 to "
+                f"{UNIQUE_KEY_LENGTH} characters (e.g. 'invoice-42')."
+            )
 
 
 def _aware_run_after(value: Any) -> datetime.datetime:

@@ -173,7 +173,8 @@ LANGUAGE sql STABLE AS $$
            NULL::timestamptz,
            COALESCE((payload ->> 'attempts')::integer, 0),
            false,
-           NULL::varchar
+           NULL::varchar,
+           (payload ->> 'unique_key')::varchar
 $$;
 
 

@@ -1,0 +1,91 @@
+"""Unique jobs: Job.unique_key and the index that holds one job per key (migrations/sql/0014_*.sql).
+
+- django_dbq_job.unique_key, and django_dbq_job_unique_key, a partial unique
+  index over the jobs with a key that wait or run (NEW, READY, PROCESSING,
+  STOPPING): a second job with a key that one of them holds cannot be written,
+  whoever writes it; a finished job frees its key.
+- dbq_job_row_v1 (the projection row of a `created` event) fills the new
+  column from the payload's unique_key. It is replaced in place, in the same
+  transaction as the column is added: it returns the table's row, so the old
+  definition cannot outlive the column, and no process calls it but the
+  ledger's trigger and replay, through the fold (0014_apply.sql: apply.sql as
+  it is now, the rest unchanged).
+- dbq_create_unique_jobs_v1 creates jobs of which some carry a key, leaving
+  out the duplicates, for the roles that may run dbq_create_jobs_v2;
+  dbq_replace_unique_jobs_v1 also gives the waiting job a duplicate names the
+  duplicate's fields (a save), for the roles that may run dbq_update_jobs_v2
+  (0014_unique.sql). The other create functions still refuse a unique_key.
+
+The way back drops the column and the index (the ledger keeps the keys, which
+the previous fold ignores); forward again rebuilds the rows of the jobs created
+with a key.
+"""
+
+from django.db import migrations, models
+from django.db.models import Q
+
+from django_dbq.roles import grant_like
+from django_dbq.sqlfiles import install_sql
+
+NEW_FUNCTIONS = [
+    "dbq_is_unique_key_v1(jsonb)",
+    "dbq_check_unique_created_v1(uuid, jsonb)",
+    "dbq_enqueue_unique_v1(jsonb, boolean)",
+    "dbq_create_unique_jobs_v1(jsonb)",
+    "dbq_replace_unique_jobs_v1(jsonb)",
+]
+
+
+# Jobs created with a key before a way back to 0013 and forward again: the
+# column came back empty, their rows are rebuilt from the ledger.
+KEYED = """
+SELECT array_agg(job_id) FROM django_dbq_jobevent
+WHERE kind = 'created' AND payload ? 'unique_key'
+"""
+
+
+def install_functions(apps, schema_editor):
+    for name in ("0014_apply.sql", "0014_unique.sql"):
+        install_sql(schema_editor, "django_dbq.migrations", f"sql/{name}")
+    with schema_editor.connection.cursor() as cursor:
+        grant_like(cursor, "dbq_create_jobs_v2(jsonb)", "dbq_create_unique_jobs_v1(jsonb)")
+        grant_like(cursor, "dbq_update_jobs_v2(jsonb)", "dbq_replace_unique_jobs_v1(jsonb)")
+        cursor.execute(KEYED)
+        (keyed,) = cursor.fetchone()
+        if keyed:
+            cursor.execute("SELECT dbq_replay_events_v5(NULL, %s::uuid[])", [keyed])
+
+
+def drop_new_functions(apps, schema_editor):
+    for signature in reversed(NEW_FUNCTIONS):
+        schema_editor.execute(f"DROP FUNCTION IF EXISTS {signature}", params=None)
+
+
+def restore_job_row(apps, schema_editor):
+    # On the way back, once the column is gone: the row without it.
+    install_sql(schema_editor, "django_dbq.migrations", "sql/0011_apply.sql")
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("django_dbq", "0013_pause_queues"),
+    ]
+
+    operations = [
+        migrations.RunPython(migrations.RunPython.noop, restore_job_row),
+        migrations.AddField(
+            model_name="job",
+            name="unique_key",
+            field=models.CharField(blank=True, editable=False, max_length=200, null=True),
+        ),
+        migrations.AddConstraint(
+            model_name="job",
+            constraint=models.UniqueConstraint(
+                fields=["unique_key"],
+                condition=Q(unique_key__isnull=False)
+                & Q(state__in=["NEW", "READY", "PROCESSING", "STOPPING"]),
+                name="django_dbq_job_unique_key",
+            ),
+        ),
+        migrations.RunPython(install_functions, drop_new_functions),
+    ]

@@ -1,0 +1,401 @@
+-- The projection's side of the ledger: the state machine, how a set of events
+-- folds into django_dbq_job rows, the ledger's trigger function and the
+-- projection's guard. What is installed now (migration 0011); a migration holds
+-- a frozen copy of what it installed, under migrations/sql/.
+--
+-- @schema@ stands for the app's schema (a quoted identifier); every table,
+-- type and function is named with it. Functions that run with the owner's
+-- rights (SECURITY DEFINER) pin search_path to pg_catalog, pg_temp: operators
+-- and unqualified functions then resolve in pg_catalog only (PostgreSQL never
+-- looks for them in pg_temp), so no role that may CREATE in the app's schema
+-- can put an operator or an overload in their way. Calls of our own functions
+-- pass arguments of exactly the declared types, so that no overload in our
+-- schema can be a closer match.
+
+-- dbq_next_state_v2: the state a job moves to when an event of `kind` is applied
+-- to it in `state` (with `cancel_requested`, the job's pending cancellation), or
+-- NULL when the transition is illegal. The single statement of the state
+-- machine: the apply function checks and applies through it.
+CREATE OR REPLACE FUNCTION @schema@.dbq_next_state_v2(
+    kind text, state text, payload jsonb, cancel_requested boolean
+)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN kind = 'claimed' AND state IN ('NEW', 'READY') THEN 'PROCESSING'
+        -- A job whose cancellation was asked for while it ran stops after its
+        -- task instead of going back to the queue.
+        WHEN kind IN ('task_done', 'retried', 'lease_expired', 'lease_revoked')
+            AND state IN ('PROCESSING', 'STOPPING')
+            THEN CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'READY' END
+        WHEN kind = 'completed' AND state IN ('PROCESSING', 'STOPPING') THEN 'COMPLETE'
+        WHEN kind = 'failed' AND state IN ('PROCESSING', 'STOPPING') THEN 'FAILED'
+        WHEN kind = 'stopping' AND state = 'PROCESSING' THEN 'STOPPING'
+        WHEN kind IN ('lease_renewed', 'cancel_requested') AND state IN ('PROCESSING', 'STOPPING')
+            THEN state
+        -- A worker gives back a job it claimed but did not start, in the state it had.
+        WHEN kind = 'released' AND state = 'PROCESSING'
+            AND payload ->> 'state' IN ('NEW', 'READY')
+            THEN CASE WHEN cancel_requested THEN 'CANCELLED' ELSE payload ->> 'state' END
+        WHEN kind = 'cancelled' AND state IN ('NEW', 'READY') THEN 'CANCELLED'
+        WHEN kind = 'requeued' AND state IN ('FAILED', 'CANCELLED') THEN 'READY'
+        -- `updated` keeps the state unless it names one; a job a worker holds
+        -- (PROCESSING, STOPPING) changes state only through the worker's events,
+        -- and no save() may put a job into a worker's states.
+        WHEN kind = 'updated' AND (NOT payload ? 'state' OR payload ->> 'state' = state)
+            THEN state
+        WHEN kind = 'updated'
+            AND state IN ('NEW', 'READY', 'FAILED', 'COMPLETE', 'CANCELLED')
+            AND payload ->> 'state' IN ('NEW', 'READY', 'FAILED', 'COMPLETE', 'CANCELLED')
+            THEN payload ->> 'state'
+    END
+$$;
+
+
+-- dbq_event_is_illegal_v2: whether an event breaks a rule, given the job's row
+-- (exists, state, version) as it is before the event.
+CREATE OR REPLACE FUNCTION @schema@.dbq_event_is_illegal_v2(
+    kind text, version integer, payload jsonb, job_exists boolean, state text, job_version integer,
+    cancel_requested boolean
+)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN kind = 'created' THEN
+            job_exists OR version <> 1
+            OR COALESCE(payload ->> 'state', 'NEW') NOT IN
+                ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE')
+        ELSE
+            NOT job_exists OR version <> job_version + 1
+            OR @schema@.dbq_next_state_v2(kind, state, payload, cancel_requested) IS NULL
+    END
+$$;
+
+
+-- dbq_refuse_events_v2: raise the error for the first event of the set that breaks
+-- a rule: a job created twice, an event for a job never created, a version that
+-- does not follow the job's, or a transition the state machine does not allow.
+-- Called by the apply function only once it has counted a broken rule.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_events_v2(events @schema@.django_dbq_jobevent[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT e.job_id, e.kind, e.version, j.id IS NOT NULL AS job_exists,
+           j.state, j.version AS job_version, e.payload ->> 'state' AS wanted_state
+    INTO bad
+    FROM unnest(events) e
+    LEFT JOIN @schema@.django_dbq_job j ON j.id = e.job_id
+    WHERE @schema@.dbq_event_is_illegal_v2(
+        e.kind::text, e.version::integer, e.payload::jsonb, j.id IS NOT NULL, j.state::text,
+        j.version::integer, j.cancel_requested::boolean
+    )
+    LIMIT 1;
+
+    IF bad.kind = 'created' AND bad.job_exists THEN
+        RAISE EXCEPTION 'django_dbq: job % already exists; a job is created once', bad.job_id
+            USING ERRCODE = 'unique_violation';
+    ELSIF NOT bad.job_exists AND bad.kind <> 'created' THEN
+        RAISE EXCEPTION 'django_dbq: % event for job %, which is not in the projection', bad.kind, bad.job_id
+            USING ERRCODE = 'foreign_key_violation',
+                  HINT = 'A job''s history starts with a created event.';
+    ELSIF bad.version <> COALESCE(bad.job_version, 0) + 1 THEN
+        RAISE EXCEPTION 'django_dbq: % event for job % has version %, expected %', bad.kind, bad.job_id, bad.version, COALESCE(bad.job_version, 0) + 1
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Append events through django_dbq so that each job''s versions follow each other.';
+    ELSIF bad.kind = 'created' THEN
+        RAISE EXCEPTION 'django_dbq: job % created in unknown state %', bad.job_id, bad.wanted_state
+            USING ERRCODE = 'check_violation';
+    ELSE
+        RAISE EXCEPTION 'django_dbq: illegal transition: % event on job % in state %', bad.kind, bad.job_id,
+            bad.state || CASE WHEN bad.wanted_state IS NULL THEN '' ELSE ' to ' || bad.wanted_state END
+            USING ERRCODE = 'check_violation',
+                  HINT = 'See the event kinds table in the django-dbq README for the legal transitions.';
+    END IF;
+END
+$$;
+
+
+-- dbq_refuse_time_v1: the error for a payload time dbq_time_v1 does not take.
+-- STABLE (it only raises), so that dbq_time_v1 can be inlined.
+CREATE OR REPLACE FUNCTION @schema@.dbq_refuse_time_v1(value text)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RAISE EXCEPTION 'django_dbq: time % is not an ISO 8601 time with its offset', value
+        USING ERRCODE = 'invalid_datetime_format',
+              HINT = 'Write times as 2030-01-13T00:00:00+00:00 (Python: aware_datetime.isoformat()).';
+END
+$$;
+
+
+-- dbq_time_v1: a time written into a payload by a client (run_after; created
+-- and modified of imported jobs), as the instant it names. Only full ISO 8601
+-- with an offset is taken: such text is the same instant under every TimeZone
+-- and DateStyle, so the trigger and replay read it alike; other text
+-- ('13/01/2030', 'now', no offset) is refused as it is appended, since the
+-- ledger would keep it for good. Inlined into the statements that use it.
+CREATE OR REPLACE FUNCTION @schema@.dbq_time_v1(value text)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN value IS NULL THEN NULL
+        WHEN value ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}(:?\d{2}(:?\d{2})?)?|Z)$' THEN value::timestamptz
+        ELSE @schema@.dbq_refuse_time_v1(value)
+    END
+$$;
+
+
+-- dbq_job_row_v1: the projection row of a `created` event, the one place where
+-- an event's payload becomes a new row. A set-returning SQL function of one row,
+-- so that PostgreSQL inlines it into the INSERT of each caller
+-- (`INSERT ... SELECT r.* FROM events e, LATERAL dbq_job_row_v1(...) r`), where
+-- it costs what writing the columns out there would. Its columns are the
+-- table's, in the table's order: a migration that adds a column must add it here.
+CREATE OR REPLACE FUNCTION @schema@.dbq_job_row_v1(
+    job_id uuid, version integer, payload jsonb, at timestamptz
+)
+RETURNS SETOF @schema@.django_dbq_job
+LANGUAGE sql STABLE AS $$
+    SELECT job_id,
+           COALESCE(@schema@.dbq_time_v1(payload ->> 'created'), at),
+           COALESCE(@schema@.dbq_time_v1(payload ->> 'modified'), at),
+           (payload ->> 'name')::varchar,
+           COALESCE(payload ->> 'state', 'NEW')::varchar,
+           COALESCE(payload ->> 'next_task', '')::varchar,
+           NULLIF(payload -> 'workspace', 'null'::jsonb),
+           COALESCE(payload ->> 'queue_name', 'default')::varchar,
+           COALESCE((payload ->> 'priority')::smallint, 0::smallint),
+           @schema@.dbq_time_v1(payload ->> 'run_after'),
+           version,
+           NULL::varchar,
+           NULL::timestamptz,
+           COALESCE((payload ->> 'attempts')::integer, 0),
+           false,
+           NULL::varchar,
+           (payload ->> 'unique_key')::varchar
+$$;
+
+
+-- dbq_fold_events_v2: apply a set of ledger events to the projection, as sets,
+-- and return the queues in which the jobs it touched now wait (NEW or READY).
+-- The ledger's statement trigger passes the rows of one INSERT; replay passes one
+-- version round at a time. Either way the set holds at most one event per job.
+-- The whole set is refused when one event breaks a rule, so a statement never
+-- leaves a half-applied batch behind.
+CREATE OR REPLACE FUNCTION @schema@.dbq_fold_events_v2(events @schema@.django_dbq_jobevent[])
+RETURNS text[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    created_count bigint;
+    other_count bigint;
+    illegal_count bigint;
+    applied bigint;
+    waiting text[];
+    also_waiting text[];
+BEGIN
+    -- One pass counts what to insert, what to update and what breaks a rule;
+    -- the slower search for the broken event runs only when there is one.
+    SELECT count(*) FILTER (WHERE e.kind = 'created'),
+           count(*) FILTER (WHERE e.kind <> 'created'),
+           count(*) FILTER (WHERE @schema@.dbq_event_is_illegal_v2(
+               e.kind::text, e.version::integer, e.payload::jsonb, j.id IS NOT NULL,
+               j.state::text, j.version::integer, j.cancel_requested::boolean))
+    INTO created_count, other_count, illegal_count
+    FROM unnest(events) e
+    LEFT JOIN @schema@.django_dbq_job j ON j.id = e.job_id;
+    IF illegal_count > 0 THEN
+        PERFORM @schema@.dbq_refuse_events_v2(events);
+    END IF;
+
+    -- Opens the projection's write guard for this function's statements only.
+    PERFORM set_config('dbq.applying', 'on', true);
+
+    IF created_count > 0 THEN
+        WITH added AS (
+            INSERT INTO @schema@.django_dbq_job
+            SELECT r.*
+            FROM unnest(events) e,
+                 LATERAL @schema@.dbq_job_row_v1(
+                     e.job_id::uuid, e.version::integer, e.payload::jsonb, e.at::timestamptz) r
+            WHERE e.kind = 'created'
+            RETURNING queue_name, state
+        )
+        SELECT array_agg(DISTINCT queue_name::text) FILTER (WHERE state IN ('NEW', 'READY'))
+        INTO waiting
+        FROM added;
+    END IF;
+
+    IF other_count > 0 THEN
+        WITH updated AS (
+            -- Workers' events carry the workspace and next task they leave behind;
+            -- `updated` carries exactly the fields a save() changed.
+            UPDATE @schema@.django_dbq_job j SET
+                state = @schema@.dbq_next_state_v2(
+                    e.kind::text, j.state::text, e.payload::jsonb, j.cancel_requested::boolean),
+                name = CASE WHEN e.kind = 'updated' AND e.payload ? 'name'
+                            THEN e.payload ->> 'name' ELSE j.name END,
+                next_task = CASE
+                    WHEN e.kind = 'completed' THEN ''
+                    WHEN e.kind IN ('task_done', 'updated') AND e.payload ? 'next_task'
+                        THEN e.payload ->> 'next_task'
+                    ELSE j.next_task END,
+                workspace = CASE
+                    WHEN e.kind IN ('task_done', 'completed', 'failed', 'updated')
+                        AND e.payload ? 'workspace'
+                        THEN NULLIF(e.payload -> 'workspace', 'null'::jsonb)
+                    ELSE j.workspace END,
+                queue_name = CASE WHEN e.kind = 'updated' AND e.payload ? 'queue_name'
+                                  THEN e.payload ->> 'queue_name' ELSE j.queue_name END,
+                priority = CASE WHEN e.kind = 'updated' AND e.payload ? 'priority'
+                                THEN (e.payload ->> 'priority')::smallint ELSE j.priority END,
+                -- A save may set when the job was enqueued (django-db-queue's way
+                -- to age a job); the claim order and retention read it.
+                created = CASE WHEN e.kind = 'updated' AND e.payload ? 'created'
+                               THEN @schema@.dbq_time_v1(e.payload ->> 'created') ELSE j.created END,
+                run_after = CASE
+                    WHEN e.kind IN ('updated', 'retried') AND e.payload ? 'run_after'
+                        THEN @schema@.dbq_time_v1(e.payload ->> 'run_after')
+                    WHEN e.kind = 'requeued' THEN NULL
+                    ELSE j.run_after END,
+                -- Failed attempts so far; a requeue starts the count again.
+                attempts = CASE
+                    WHEN e.kind IN ('retried', 'failed') THEN j.attempts + 1
+                    WHEN e.kind = 'requeued' THEN 0
+                    ELSE j.attempts END,
+                -- A pending cancellation lasts while a worker still holds the job.
+                cancel_requested = e.kind = 'cancel_requested' OR (
+                    j.cancel_requested AND e.kind IN ('stopping', 'lease_renewed', 'updated')),
+                -- The worker holding the job, until when, and the hash of the
+                -- key it proves itself with; cleared when it lets go.
+                claimed_by = CASE
+                    WHEN e.kind = 'claimed' THEN e.payload ->> 'worker'
+                    WHEN e.kind IN ('stopping', 'lease_renewed', 'updated', 'cancel_requested')
+                        THEN j.claimed_by
+                    END,
+                lease_until = CASE
+                    WHEN e.kind IN ('claimed', 'lease_renewed')
+                        THEN (e.payload ->> 'lease_until')::timestamptz
+                    WHEN e.kind IN ('stopping', 'updated', 'cancel_requested') THEN j.lease_until
+                    END,
+                lease_key = CASE
+                    WHEN e.kind = 'claimed' THEN e.payload ->> 'lease_key'
+                    WHEN e.kind IN ('stopping', 'lease_renewed', 'updated', 'cancel_requested')
+                        THEN j.lease_key
+                    END,
+                modified = e.at,
+                version = e.version
+            FROM unnest(events) e
+            -- The version test re-checks a row a concurrent writer may have moved on.
+            WHERE j.id = e.job_id AND e.kind <> 'created' AND j.version = e.version - 1
+            RETURNING j.queue_name, j.state
+        )
+        SELECT count(*), array_agg(DISTINCT queue_name::text) FILTER (WHERE state IN ('NEW', 'READY'))
+        INTO applied, also_waiting
+        FROM updated;
+        IF applied <> other_count THEN
+            RAISE EXCEPTION 'django_dbq: % of % events found their job at the expected version', applied, other_count
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+        waiting := array_cat(waiting, also_waiting);
+    END IF;
+
+    PERFORM set_config('dbq.applying', '', true);
+    RETURN waiting;
+END
+$$;
+
+
+-- dbq_apply_events_v5: the AFTER INSERT ... FOR EACH STATEMENT trigger function
+-- of django_dbq_jobevent (transition table new_events). It applies the
+-- statement's events to the projection and wakes idle workers with one NOTIFY:
+-- a JSON array of the distinct queues in which jobs now wait, or '*' when it
+-- would not fit. It runs with the rights of the tables' owner, so that roles
+-- that append through the ledger's functions get their rows written; EXECUTE is
+-- granted to no role, so no other table's trigger can be made to call it, and
+-- it refuses to run for any table but the ledger or in any other way than the
+-- ledger's own trigger: the rows it applies are those PostgreSQL passes it.
+-- A statement brings few events, and re-planning each query for each statement
+-- costs more than it saves, so plans stay generic.
+CREATE OR REPLACE FUNCTION @schema@.dbq_apply_events_v5()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    waiting text[];
+    payload text;
+BEGIN
+    IF TG_TABLE_NAME <> 'django_dbq_jobevent' OR TG_TABLE_SCHEMA <> @schema_literal@
+       OR TG_OP <> 'INSERT' OR TG_LEVEL <> 'STATEMENT' OR TG_WHEN <> 'AFTER' THEN
+        RAISE EXCEPTION 'django_dbq: dbq_apply_events_v5 is the trigger function of django_dbq_jobevent alone'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- Opens the projection's write guard for this function's statements only.
+    PERFORM set_config('dbq.applying', 'on', true);
+    IF NOT EXISTS (
+        SELECT FROM new_events e
+        WHERE e.kind <> 'created' OR e.version <> 1
+           OR COALESCE(e.payload ->> 'state', 'NEW') NOT IN
+               ('NEW', 'READY', 'PROCESSING', 'STOPPING', 'FAILED', 'COMPLETE')
+    ) THEN
+        -- Only new jobs, each created at version 1 in a known state: the rows
+        -- need no look at the projection (a job created twice is refused by the
+        -- ledger's unique (job_id, version)).
+        WITH added AS (
+            INSERT INTO @schema@.django_dbq_job
+            SELECT r.*
+            FROM new_events e,
+                 LATERAL @schema@.dbq_job_row_v1(
+                     e.job_id::uuid, e.version::integer, e.payload::jsonb, e.at::timestamptz) r
+            RETURNING queue_name, state
+        )
+        SELECT array_agg(DISTINCT queue_name::text) FILTER (WHERE state IN ('NEW', 'READY'))
+        INTO waiting
+        FROM added;
+    ELSE
+        waiting := @schema@.dbq_fold_events_v2(
+            ARRAY(SELECT e::@schema@.django_dbq_jobevent FROM new_events e));
+        -- Inserted and updated jobs may name a queue twice between them.
+        IF cardinality(waiting) > 1 THEN
+            waiting := ARRAY(SELECT DISTINCT unnest(waiting));
+        END IF;
+    END IF;
+    PERFORM set_config('dbq.applying', '', true);
+    IF cardinality(waiting) > 0 THEN
+        payload := to_jsonb(waiting)::text;
+        -- NOTIFY payloads must stay under 8000 bytes.
+        PERFORM pg_notify('django_dbq', CASE WHEN octet_length(payload) > 7900 THEN '*' ELSE payload END);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+
+-- dbq_protect_projection_v2: the BEFORE ... FOR EACH STATEMENT trigger function
+-- that refuses every write to django_dbq_job not made by the apply, replay and
+-- retention functions. They open the guard for their own statements
+-- (dbq.applying), and it opens only for a current user that holds TRUNCATE on
+-- the table with the grant option: the owner (inside those functions, or in
+-- the owner's own session, which may also switch triggers off; see the README's
+-- threat model), never a role that was merely granted a write right. A role
+-- below the owner holds no write right on the table either. (A privilege test
+-- rather than a look-up of the owner: it needs no query, and this guard runs
+-- for every statement that writes the projection.)
+CREATE OR REPLACE FUNCTION @schema@.dbq_protect_projection_v2()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_catalog.current_setting('dbq.applying', true) = 'on'
+       AND pg_catalog.has_table_privilege(TG_RELID, 'TRUNCATE WITH GRANT OPTION')
+    THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'django_dbq: django_dbq_job is a projection of the job ledger; % on it is refused', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Create jobs with Job.objects.create(), change them with job.save(), or append events to django_dbq_jobevent.';
+END
+$$;
