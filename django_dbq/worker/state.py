@@ -8,6 +8,7 @@ sent and settled. The mixins of `Worker` all work on this one state.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -77,3 +78,6 @@ class WorkerState:
         self._batch_size = 1
         self._fatal: BaseException | None = None
         self._listening: Any = None
+        # Epoch seconds of the next tick of a periodic job (schedules.py; inf:
+        # none), which ends the idle wait.
+        self._next_tick_at = math.inf
