@@ -223,6 +223,35 @@ def test_roles__the_app_role_cannot_enqueue_ticks_or_write_the_schedule_table(ro
 
 
 @pytest.mark.django_db(transaction=True)
+def test_refused_ticks__are_logged_and_the_worker_goes_on_draining(roles):  # noqa: F811
+    seen_schedule("every_minute", minute(now()) - datetime.timedelta(minutes=10))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'REVOKE EXECUTE ON FUNCTION dbq_enqueue_ticks_v1(text, jsonb) FROM "{roles["worker"]}"'
+        )
+    jobs = Job.objects.bulk_create([Job(name="testjob") for _ in range(5)])
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "django", "worker", "--burst", "--settings=tests.settings"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DATABASE_URL": url_as(roles["worker"]),
+            **schedules(every_minute=periodic("* * * * *")),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "event=schedule_error" in ran.stderr
+    assert "database_error" not in ran.stderr
+    assert Job.objects.filter(pk__in=[j.pk for j in jobs], state="COMPLETE").count() == 5
+    assert ticks_of("every_minute") == []
+
+
+@pytest.mark.django_db(transaction=True)
 def test_dbq_schedule__lists_schedules_for_a_role_that_may_only_read(roles, monkeypatch):  # noqa: F811
     seen_schedule("every_minute", minute(now()) - datetime.timedelta(minutes=10))
     seen_schedule("removed", datetime.datetime(2026, 1, 1, tzinfo=UTC))

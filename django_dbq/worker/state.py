@@ -8,7 +8,6 @@ sent and settled. The mixins of `Worker` all work on this one state.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import threading
@@ -79,5 +78,5 @@ class WorkerState:
         self._fatal: BaseException | None = None
         self._listening: Any = None
         # Epoch seconds of the next tick of a periodic job (schedules.py; inf:
-        # none), which ends the idle wait.
-        self._next_tick_at = math.inf
+        # none), which ends the idle wait; 0 until the schedules are read.
+        self._next_tick_at = 0.0
