@@ -199,7 +199,7 @@ def _check_job(name: str, config: Any) -> list[Error]:
     for key in tasks.HOOK_KEYS:
         if config.get(key):
             errors.extend(_check_path(name, key, config[key]))
-    return errors + _check_retries(name, config)
+    return errors + _check_retries(name, config) + _check_schedule(name, config)
 
 
 def _check_retries(job: str, config: dict[str, Any]) -> list[Error]:
@@ -227,6 +227,31 @@ def _check_retries(job: str, config: dict[str, Any]) -> list[Error]:
     backoff = config.get("retry_backoff", "exponential")
     if backoff not in BACKOFFS:
         errors.extend(_check_path(job, "retry_backoff", backoff))
+    return errors
+
+
+def _check_schedule(job: str, config: dict[str, Any]) -> list[Error]:
+    """A periodic job's schedule (E014), catch_up (E015) and the fields of its jobs (E016)."""
+    from django_dbq.schedules import SCHEDULE_KEY, ScheduleError, option_problems, parse_schedule
+
+    if SCHEDULE_KEY not in config:
+        return []
+    errors = []
+    try:
+        parse_schedule(job, config[SCHEDULE_KEY])
+    except ScheduleError as exc:
+        errors.append(
+            Error(
+                str(exc),
+                hint='Use a cron expression such as "*/5 * * * *" (6 fields: seconds first, '
+                '"*/10 * * * * *") or a positive number of seconds such as 30.',
+                id="django_dbq.E014",
+            )
+        )
+    for key, message in option_problems(job, config):
+        errors.append(
+            Error(message, id="django_dbq.E015" if key == "catch_up" else "django_dbq.E016")
+        )
     return errors
 
 

@@ -6,7 +6,8 @@ the calling role may do; each role is granted its functions and SELECT:
 
 - worker: claims jobs, records the outcomes of the jobs it holds and saves them
   (proved by its secret key, under a live lease), renews its leases, expires
-  lapsed ones, and enqueues jobs (tasks may); it saves no job it does not hold.
+  lapsed ones, enqueues jobs (tasks may) and the due ticks of schedules
+  (periodic jobs, each tick once); it saves no job it does not hold.
 - app (the web application, the admin, operators' commands): enqueues
   (`created` in a state a creation allows), saves (`updated`), cancels,
   requeues, releases jobs whose worker is gone, creates unique jobs (and
@@ -27,7 +28,13 @@ from typing import Any
 
 from psycopg import sql
 
-TABLES = ("django_dbq_job", "django_dbq_jobevent", "django_dbq_queue", "django_dbq_queueevent")
+TABLES = (
+    "django_dbq_job",
+    "django_dbq_jobevent",
+    "django_dbq_queue",
+    "django_dbq_queueevent",
+    "django_dbq_schedule",
+)
 SEQUENCES = ("django_dbq_jobevent_id_seq", "django_dbq_queueevent_id_seq")
 APP_FUNCTIONS = (
     "dbq_create_job_v2(uuid, jsonb)",
@@ -56,6 +63,8 @@ WORKER_FUNCTIONS = (
     "dbq_save_held_v2(text, jsonb)",
     # What a failure hook changed in the job the worker has just failed.
     "dbq_save_failed_v1(text, jsonb)",
+    # Enqueue the due ticks of the schedules of settings.JOBS (periodic jobs).
+    "dbq_enqueue_ticks_v1(text, jsonb)",
     # A task may enqueue more jobs.
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
@@ -97,7 +106,7 @@ WRITE_RIGHTS = "INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER"
 SEQUENCE_RIGHTS = "USAGE, UPDATE"
 
 # Of the tables and sequences, those that exist: migration 0007 revokes with
-# this module before migration 0013 made the queue tables.
+# this module before migrations 0013 and 0015 made the queue and schedule tables.
 _EXISTING = "SELECT r FROM unnest(%s::text[]) r WHERE to_regclass(r) IS NOT NULL"
 _GRANTEES = """
 SELECT DISTINCT a.grantee

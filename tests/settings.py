@@ -1,5 +1,6 @@
 """Django settings for the test suite: a real PostgreSQL, from DATABASE_URL or embedded."""
 
+import json
 import os
 from pathlib import Path
 
@@ -141,6 +142,10 @@ JOBS = {
         "creation_hook": "tests.jobs.failing_creation_hook",
     },
 }
+# Periodic jobs (a JSON object of more JOBS), for the worker processes of
+# tests/test_periodic.py alone: every other test's workers would enqueue their ticks.
+if os.environ.get("DBQ_TEST_SCHEDULES"):
+    JOBS.update(json.loads(os.environ["DBQ_TEST_SCHEDULES"]))
 LOGGING_CONFIG = None
 
 # Worker timing; subprocess tests shorten the lease through the environment.

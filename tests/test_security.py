@@ -34,6 +34,7 @@ SQL_FILES = [
     ("django_dbq.events", "sql/queues.sql"),
     ("django_dbq.events", "sql/unique.sql"),
     ("django_dbq.projections", "sql/queues.sql"),
+    ("django_dbq.events", "sql/schedules.sql"),
 ]
 # The ledger's columns, in its order, for a table of one's own.
 FAKE_EVENTS = (
@@ -186,6 +187,10 @@ def test_raw_writes__of_every_event_kind_are_refused(owned, owner, kind):
             "DELETE FROM dbq_app.django_dbq_queue",
             "TRUNCATE dbq_app.django_dbq_queue",
             "SELECT setval('dbq_app.django_dbq_queueevent_id_seq', 1)",
+            "INSERT INTO dbq_app.django_dbq_schedule (name, since) VALUES ('raw', now())",
+            "UPDATE dbq_app.django_dbq_schedule SET last_tick = 'infinity'",
+            "DELETE FROM dbq_app.django_dbq_schedule",
+            "TRUNCATE dbq_app.django_dbq_schedule",
         ):
             refused(conn, statement)
     assert counts(owner) == before
@@ -437,6 +442,80 @@ def test_worker__saves_what_hooks_changed_only_in_a_job_it_failed_itself(owned, 
         assert conn.execute(save, [key, failed, workspace]).fetchall() == [(failed,)]
     assert events(owner, failed) == ["created", "claimed", "failed", "updated"]
     assert events(owner, done) == ["created", "claimed", "completed"]
+
+
+def ticks(*entries):
+    """The ticks argument of dbq_enqueue_ticks_v1: (tick, payload) pairs, a new job each."""
+    return Jsonb([{"tick": t, "job_id": str(uuid.uuid4()), "payload": p} for t, p in entries])
+
+
+ENQUEUE_TICKS = "SELECT job_id, tick FROM dbq_enqueue_ticks_v1(%s, %s)"
+
+
+@pytest.mark.parametrize(
+    ("entries", "error", "message"),
+    [
+        (
+            [("{now}", {"name": "other", "next_task": "t"})],
+            psycopg.errors.InsufficientPrivilege,
+            "name",
+        ),
+        (
+            [("{now}", {"name": "sched", "attempts": 9})],
+            psycopg.DatabaseError,
+            "may not set attempts",
+        ),
+        ([("{now}", {"name": "sched", "tick": "x"})], psycopg.DatabaseError, "may not set tick"),
+        ([("{now}", {"name": "sched", "state": "CANCELLED"})], psycopg.DatabaseError, "state"),
+        ([("2999-01-01T00:00:00+00:00", {"name": "sched"})], psycopg.DatabaseError, "not due yet"),
+        (
+            [("{now}", None), ("2001-01-01T00:00:00+00:00", None)],
+            psycopg.DatabaseError,
+            "ascending",
+        ),
+        ([("yesterday", None)], psycopg.errors.InvalidDatetimeFormat, "ISO 8601"),
+        ([("2001-01-01T00:00:00", None)], psycopg.errors.InvalidDatetimeFormat, "ISO 8601"),
+        ([("{now}", None)] * 101, psycopg.DatabaseError, "at most 100"),
+    ],
+)
+def test_worker__enqueues_only_due_ticks_of_jobs_of_the_schedule(
+    owned, owner, entries, error, message
+):
+    before = counts(owner)
+    with owned.connect("worker") as conn:
+        now = conn.execute("SELECT now()").fetchone()[0].isoformat()
+        bad = [(t.format(now=now), p) for t, p in entries]
+        with pytest.raises(error, match=message):
+            conn.execute(ENQUEUE_TICKS, ["sched", ticks(*bad)])
+    assert counts(owner) == before
+
+
+def test_worker__enqueues_each_tick_once_and_the_app_may_not_at_all(owned, owner):
+    name = f"sched-{uuid.uuid4().hex[:8]}"
+    with owned.connect("worker") as conn:
+        assert conn.execute(ENQUEUE_TICKS, [name, Jsonb([])]).fetchall() == []
+        # Seen now for the first time: a tick before is not enqueued.
+        early = ticks(("2001-01-01T00:00:00+00:00", {"name": name}))
+        assert conn.execute(ENQUEUE_TICKS, [name, early]).fetchall() == []
+        now = conn.execute("SELECT now()").fetchone()[0]
+        due = ticks((now.isoformat(), {"name": name, "next_task": "t", "queue_name": "ticks"}))
+        ((job_id, tick),) = conn.execute(ENQUEUE_TICKS, [name, due]).fetchall()
+        again = ticks((now.isoformat(), {"name": name, "next_task": "t", "queue_name": "ticks"}))
+        assert conn.execute(ENQUEUE_TICKS, [name, again]).fetchall() == []
+    assert tick == now
+    assert events(owner, job_id) == ["created"]
+    payload = owner.execute(
+        "SELECT payload FROM dbq_app.django_dbq_jobevent WHERE job_id = %s", [job_id]
+    ).fetchone()[0]
+    assert payload["tick"] == now.isoformat()
+    before = counts(owner)
+    for kind in ("app", "maintenance", "none"):
+        with owned.connect(kind) as conn:
+            refused(conn, ENQUEUE_TICKS, [name, ticks((now.isoformat(), {"name": name}))])
+    assert counts(owner) == before
+    assert owner.execute(
+        "SELECT last_tick, last_job_id FROM dbq_app.django_dbq_schedule WHERE name = %s", [name]
+    ).fetchone() == (now, job_id)
 
 
 @pytest.mark.parametrize(
@@ -753,6 +832,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_create_jobs_v2": ["app", "worker"],
         "dbq_create_unique_jobs_v1": ["app", "worker"],
         "dbq_delete_old_jobs_v3": ["maintenance"],
+        "dbq_enqueue_ticks_v1": ["worker"],
         "dbq_expire_leases_v2": ["worker"],
         "dbq_expire_leases_v3": ["worker"],
         "dbq_expire_leases_v4": ["worker"],

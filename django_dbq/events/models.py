@@ -8,6 +8,7 @@ from typing import Any
 import pgtrigger
 from django.db import models
 
+from django_dbq.exceptions import ProjectionWriteError
 from django_dbq.projections.models import Job, Queue
 from django_dbq.triggers import SqlFunctionTrigger
 
@@ -182,3 +183,31 @@ class QueueEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue_id} v{self.version} {self.kind}"
+
+
+class Schedule(models.Model):
+    """A schedule of settings.JOBS ever seen by a worker: the last tick its workers enqueued.
+
+    Written only by dbq_enqueue_ticks_v1 (events/sql/schedules.sql), which the
+    workers call when a tick is due; its row lock makes each tick one job.
+    """
+
+    # The name of the schedule's job in settings.JOBS.
+    name = models.CharField(max_length=100, primary_key=True)
+    # When a worker first saw it: no tick before is enqueued.
+    since = models.DateTimeField()
+    last_tick = models.DateTimeField(null=True)
+    last_job_id = models.UUIDField(null=True)
+    enqueued_at = models.DateTimeField(null=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} last tick {self.last_tick}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        raise ProjectionWriteError(
+            "schedule.save() is refused: django_dbq_schedule is written by the workers "
+            "(dbq_enqueue_ticks_v1) as they enqueue ticks."
+        )

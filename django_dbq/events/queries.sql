@@ -78,3 +78,18 @@ SELECT * FROM dbq_pause_queue_v1(%(queue_name)s::text, %(reason)s::text, %(by)s:
 -- Resume a paused queue (a `resumed` event; its idle workers are woken);
 -- returns the event's version and time, or no row when it was not paused.
 SELECT * FROM dbq_resume_queue_v1(%(queue_name)s::text, %(by)s::text)
+
+-- name: schedules_enqueue_ticks
+-- Periodic jobs: enqueue the due ticks of a schedule that no worker has
+-- enqueued yet (one `created` event each, the tick in its payload) and move
+-- the schedule's last tick; the ticks come as one JSON array of {tick, job_id,
+-- payload}. Returns the jobs created and their ticks (epoch seconds). With no
+-- tick, registers a schedule seen for the first time.
+SELECT job_id, extract(epoch FROM tick)::float8 FROM dbq_enqueue_ticks_v1(%(name)s::text, %(ticks)s::jsonb)
+
+-- name: schedules_cursors
+-- Periodic jobs: for each schedule named, the time after which its next tick
+-- is enqueued (its last tick, or when it was first seen), as epoch seconds.
+SELECT s.name::text, extract(epoch FROM COALESCE(s.last_tick, s.since))::float8
+FROM django_dbq_schedule s
+WHERE s.name::text = ANY(%(names)s::text[])

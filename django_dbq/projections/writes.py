@@ -212,6 +212,31 @@ def duplicate_error(job: Job, using: str) -> DuplicateJobError:
     return DuplicateJobError(message, job=holder, unique_key=key)
 
 
+def enqueue_ticks(
+    schedule: str, ticks: Sequence[tuple[datetime.datetime, Job]], using: str
+) -> list[Job]:
+    """Enqueue a schedule's due ticks, one job each, unless another worker did; return the jobs created.
+
+    Each job is checked and its creation hook run as by create(); a tick whose
+    hook raises is logged and passes without a job. The database enqueues only
+    the ticks after the schedule's last one (events/ticks.py), so a call that
+    comes second enqueues nothing, and the jobs built for it are dropped.
+    """
+    from django_dbq.events.ticks import append_ticks
+
+    plans: dict[str, tuple[str, str | None]] = {}
+    events, jobs = [], {}
+    for tick, job in ticks:
+        event: dict[str, Any] = {"tick": tick.isoformat(), "job_id": None, "payload": None}
+        if _prepare_new(job, plans):
+            workspace = jsonutil.encode_workspace(job.workspace)
+            event.update(job_id=job.pk, payload=_created_payload(job, workspace))
+            jobs[job.pk] = job
+        events.append(event)
+    created = append_ticks(schedule, events, using=using)
+    return [jobs[job_id] for job_id, _ in created]
+
+
 def record_changes(job: Job, update_fields: Iterable[str] | None, using: str) -> None:
     """Append one `updated` event holding the fields of job that changed since it was loaded."""
     changes = _changed_fields(job, update_fields)

@@ -17,15 +17,18 @@ from django_dbq.projections.models import Job
 from django_dbq.runner import Outcome, run_task
 from django_dbq.worker.compat import OneJobAtATime
 from django_dbq.worker.heartbeat import Heartbeat
+from django_dbq.worker.schedules import Scheduling
 from django_dbq.worker.wait import Waiting
 
 logger = logging.getLogger("django_dbq.worker")
 
 
-class Worker(Heartbeat, Waiting, OneJobAtATime):
+class Worker(Heartbeat, Waiting, Scheduling, OneJobAtATime):
     """A worker for one queue; `run()` processes jobs until told to stop.
 
     `process_job()` and `_process_job()` are django-db-queue 3.3's one-job step (compat.py).
+    With `schedules` (the default), it also enqueues the due ticks of the periodic
+    jobs of settings.JOBS (schedules.py).
     """
 
     def __init__(
@@ -37,8 +40,10 @@ class Worker(Heartbeat, Waiting, OneJobAtATime):
         max_jobs: int | None = None,
         using: str = DEFAULT_DB_ALIAS,
         handle_signals: bool = True,
+        schedules: bool = True,
     ) -> None:
         super().__init__(name, rate_limit_in_seconds, burst=burst, max_jobs=max_jobs, using=using)
+        self.schedules_enabled = schedules
         # A program that embeds the worker may keep its own signal handlers.
         if handle_signals and threading.current_thread() is threading.main_thread():
             self.init_signals()
@@ -72,7 +77,8 @@ class Worker(Heartbeat, Waiting, OneJobAtATime):
                 self._stop_requested.wait(backoff)
 
     def process_batch(self) -> None:
-        """Record the last batch's outcomes and claim the next batch, then run it."""
+        """Enqueue due ticks; record the last batch's outcomes and claim the next batch, then run it."""
+        self._enqueue_due_ticks()  # a comparison of the clock unless a tick is due
         self._release_unstarted(overdue_only=False)  # left over when a release failed
         jobs = self._claim()
         self._run_after_hooks()  # of outcomes a failed flush left to the claim

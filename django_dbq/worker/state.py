@@ -77,3 +77,6 @@ class WorkerState:
         self._batch_size = 1
         self._fatal: BaseException | None = None
         self._listening: Any = None
+        # Epoch seconds of the next tick of a periodic job (schedules.py; inf:
+        # none), which ends the idle wait; 0 until the schedules are read.
+        self._next_tick_at = 0.0

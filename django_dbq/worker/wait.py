@@ -22,8 +22,9 @@ class Waiting(WorkerState):
     """How an idle worker sleeps and what wakes it."""
 
     def _wait_for_work(self) -> None:
-        """Sleep until a notification names this queue, a scheduled job is due, or the poll interval."""
-        timeout = conf.poll_seconds()
+        """Sleep until a notification names this queue, a scheduled job or a periodic job's
+        tick is due, or the poll interval."""
+        timeout = min(conf.poll_seconds(), max(self._next_tick_at - time.time(), 0.0))
         due = seconds_until_due(self.queue_name, using=self.using)
         if due is not None:
             timeout = min(timeout, max(due, 0.0))

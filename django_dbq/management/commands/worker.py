@@ -41,6 +41,12 @@ class Command(BaseCommand):
             "--max-jobs", type=int, default=None, help="Exit after running this many jobs."
         )
         parser.add_argument(
+            "--no-schedules",
+            action="store_false",
+            dest="schedules",
+            help="Do not enqueue the ticks of the periodic jobs of settings.JOBS.",
+        )
+        parser.add_argument(
             "--concurrency",
             type=int,
             default=1,
@@ -67,7 +73,11 @@ class Command(BaseCommand):
 
         def work() -> None:
             Worker(
-                queue_name, rate_limit, burst=options["burst"], max_jobs=options["max_jobs"]
+                queue_name,
+                rate_limit,
+                burst=options["burst"],
+                max_jobs=options["max_jobs"],
+                schedules=options["schedules"],
             ).run()
 
         if options["concurrency"] == 1:
