@@ -106,11 +106,13 @@ def test_bulk_create__makes_one_job_per_free_key_and_leaves_the_duplicates_out()
 def test_bulk_create__sends_one_statement_per_batch(django_assert_num_queries):
     jobs = [Job(name="testjob", unique_key=f"k{n}") for n in range(10)]
 
-    # A transaction around the batches (two queries) and one statement per batch.
-    with django_assert_num_queries(2 + 3):
+    # A transaction around the batches (two queries) and one statement per
+    # batch, pipelined: one executemany of three.
+    with django_assert_num_queries(2 + 1) as queries:
         created = Job.objects.bulk_create(jobs, batch_size=4)
 
     assert len(created) == 10
+    assert "dbq_create_unique_jobs_v1" in queries[1]["sql"] and "3 times" in queries[1]["sql"]
 
 
 @pytest.mark.django_db

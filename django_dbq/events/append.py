@@ -136,9 +136,12 @@ def append_unique_created(
     query = bind(_queries()[name], {"events": orjson.dumps(events).decode()})
     with bound_cursor(using) as cursor:
         cursor.execute(*query)
-        rows = cursor.fetchall()
-    if len(rows) != len(events):
-        raise RuntimeError(f"django_dbq: {len(events)} created events sent, {len(rows)} reported")
+        return _reported(cursor.fetchall(), len(events))
+
+
+def _reported(rows: list[tuple[Any, ...]], expected: int) -> list[UniqueCreated]:
+    if len(rows) != expected:
+        raise RuntimeError(f"django_dbq: {expected} created events sent, {len(rows)} reported")
     return [UniqueCreated(i, from_epoch(at), held, replaced) for i, at, held, replaced in rows]
 
 
@@ -184,7 +187,36 @@ def append_created_batches(
         for events in batches:
             times.extend(append_created(events, using=using))
         return times
-    sql, _ = bind(_queries()["events_insert_created"], {"events": None})
+    for size, rows in _pipelined("events_insert_created", batches, count, using):
+        times.extend(_times(rows, size))
+    return times
+
+
+def append_unique_created_batches(
+    batches: Iterable[Sequence[dict[str, Any]]],
+    count: int,
+    replace: bool,
+    using: str = DEFAULT_DB_ALIAS,
+) -> list[UniqueCreated]:
+    """append_unique_created batch by batch, in one pipeline (as append_created_batches)."""
+    connection = connections[using]
+    reported: list[UniqueCreated] = []
+    if connection.execute_wrappers:
+        for events in batches:
+            reported.extend(append_unique_created(events, replace, using=using))
+        return reported
+    name = "events_insert_unique_replacing" if replace else "events_insert_unique_created"
+    for size, rows in _pipelined(name, batches, count, using):
+        reported.extend(_reported(rows, size))
+    return reported
+
+
+def _pipelined(
+    name: str, batches: Iterable[Sequence[dict[str, Any]]], count: int, using: str
+) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
+    """Run the named query once per batch of events, pipelined; yield each batch's size and rows."""
+    connection = connections[using]
+    sql, _ = bind(_queries()[name], {"events": None})
     params = _Batches(batches, count)
     with bound_cursor(using) as cursor:
         raw = cursor.cursor
@@ -195,9 +227,8 @@ def append_created_batches(
             connection.validate_no_broken_transaction()
             raw.executemany(sql, params, returning=True)
             for size in params.sizes:
-                times.extend(_times(raw.fetchall(), size))
+                yield size, raw.fetchall()
                 raw.nextset()
-    return times
 
 
 def append_updates(

@@ -21,9 +21,11 @@ from django.utils.module_loading import import_string
 
 from django_dbq import jsonutil, tasks
 from django_dbq.events.append import (
+    UniqueCreated,
     append_created,
     append_created_batches,
     append_unique_created,
+    append_unique_created_batches,
     append_updates,
 )
 from django_dbq.exceptions import (
@@ -126,7 +128,8 @@ def _enqueue_unique(ready: list[Job], using: str, size: int, on_duplicate: str) 
 
     A duplicate is left out of what comes back; its instance stays unsaved and
     knows the job that holds its key. A duplicate whose holder finished before
-    the statement could name it is sent again: its key is free.
+    the statement could name it is sent again: its key is free. Several batches
+    are pipelined, as enqueue_jobs pipelines those of jobs without keys.
     """
     if on_duplicate not in ON_DUPLICATE:
         raise InvalidJobError(
@@ -134,17 +137,38 @@ def _enqueue_unique(ready: list[Job], using: str, size: int, on_duplicate: str) 
         )
     for job in ready:
         _check_field("unique_key", job.__dict__.get("unique_key"))
+    replace = on_duplicate == "replace"
     created: list[Job] = []
+    snapshots: list[dict[str, Any]] = []
+
+    def batches(jobs: list[Job]) -> Iterator[list[dict[str, Any]]]:
+        for start in range(0, len(jobs), size):
+            events = []
+            for job in jobs[start : start + size]:
+                job.__dict__.pop("_dbq_duplicate", None)
+                workspace = jsonutil.encode_workspace(job.workspace)
+                snapshots.append(_snapshot(job, workspace))
+                payload = _created_payload(job, workspace)
+                if job.unique_key is not None:
+                    payload["unique_key"] = job.unique_key
+                events.append({"job_id": job.pk, "payload": payload})
+            yield events
+
+    pending = ready
     # Several batches: all or none. One: its statement is atomic on its own.
     with transaction.atomic(using) if len(ready) > size else nullcontext():
-        for start in range(0, len(ready), size):
-            pending = ready[start : start + size]
-            for _ in range(3):
-                pending = _create_unique_batch(pending, using, on_duplicate, created)
-                if not pending:
-                    break
-            for job in pending:
-                job.__dict__["_dbq_duplicate"] = (None, False)
+        for _ in range(3):
+            snapshots.clear()
+            if len(pending) <= size:
+                rows = append_unique_created(next(batches(pending)), replace, using=using)
+            else:
+                count = -(-len(pending) // size)
+                rows = append_unique_created_batches(batches(pending), count, replace, using)
+            pending = _note_created(pending, snapshots, rows, using, created)
+            if not pending:
+                break
+    for job in pending:
+        job.__dict__["_dbq_duplicate"] = (None, False)
     if on_duplicate == "raise":
         for job in ready:
             if "_dbq_duplicate" in job.__dict__:
@@ -152,22 +176,16 @@ def _enqueue_unique(ready: list[Job], using: str, size: int, on_duplicate: str) 
     return created
 
 
-def _create_unique_batch(
-    batch: list[Job], using: str, on_duplicate: str, created: list[Job]
+def _note_created(
+    jobs: list[Job],
+    snapshots: list[dict[str, Any]],
+    rows: list[UniqueCreated],
+    using: str,
+    created: list[Job],
 ) -> list[Job]:
-    """Send one batch; add the jobs created to `created`; return those to send again."""
-    events, snapshots = [], []
-    for job in batch:
-        job.__dict__.pop("_dbq_duplicate", None)
-        workspace = jsonutil.encode_workspace(job.workspace)
-        snapshots.append(_snapshot(job, workspace))
-        payload = _created_payload(job, workspace)
-        if job.unique_key is not None:
-            payload["unique_key"] = job.unique_key
-        events.append({"job_id": job.pk, "payload": payload})
+    """Mark the jobs the database created, and the duplicates; return those to send again."""
     again = []
-    rows = append_unique_created(events, on_duplicate == "replace", using=using)
-    for job, snapshot, row in zip(batch, snapshots, rows, strict=True):
+    for job, snapshot, row in zip(jobs, snapshots, rows, strict=True):
         if row.at is not None:
             snapshot["created"] = row.at
             _mark_saved(job, using, version=1, at=row.at, snapshot=snapshot)

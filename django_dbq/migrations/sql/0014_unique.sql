@@ -163,12 +163,15 @@ BEGIN
     FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, payload jsonb))
         WITH ORDINALITY AS e(job_id, payload, n)
     LEFT JOIN unnest(created_ids, created_times) AS c(job_id, at) ON c.job_id = e.job_id
+    -- LIMIT 1 (there is one at most) keeps this a lookup in the key index per
+    -- duplicate, run for duplicates only, whatever the number of keys held.
     LEFT JOIN LATERAL (
         SELECT j.id
         FROM @schema@.django_dbq_job j
         WHERE c.job_id IS NULL
           AND j.unique_key = e.payload ->> 'unique_key'
           AND j.state IN ('NEW', 'READY', 'PROCESSING', 'STOPPING')
+        LIMIT 1
     ) h ON true
     ORDER BY e.n;
 END
