@@ -243,3 +243,7 @@ def cuts_its_connection(job):
     params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
     with psycopg.connect(**params, autocommit=True) as other:
         other.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+
+
+def record_unique_key(job):
+    job.workspace["unique_key"] = job.unique_key

@@ -64,6 +64,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 JOBS = {
     "testjob": {"tasks": ["tests.jobs.task_one"]},
+    "keyed": {"tasks": ["tests.jobs.record_unique_key"]},
     "twotasks": {"tasks": ["tests.jobs.task_one", "tests.jobs.task_two"]},
     "listform": ["tests.jobs.task_one", "tests.jobs.task_two"],
     "hooked": {

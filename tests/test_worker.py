@@ -305,8 +305,21 @@ def test_lease__a_worker_that_lost_its_lease_cannot_record_an_outcome():
 
 
 def test_claim_fields__follow_the_model_field_order():
-    # The hash of the worker's key is the last column and is not read back.
-    assert CLAIM_FIELDS + ("lease_key",) == tuple(f.attname for f in Job._meta.concrete_fields)
+    # The hash of the worker's key is not read back; a job's unique key is read
+    # when a task asks for it.
+    assert CLAIM_FIELDS + ("lease_key", "unique_key") == tuple(
+        f.attname for f in Job._meta.concrete_fields
+    )
+
+
+def test_a_task__reads_its_jobs_unique_key():
+    job = Job.objects.create(name="keyed", unique_key="invoice-42")
+
+    drain()
+
+    job.refresh_from_db()
+    assert job.state == Job.STATES.COMPLETE
+    assert job.workspace == {"unique_key": "invoice-42"}
 
 
 def notes(conn):

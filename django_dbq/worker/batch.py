@@ -106,6 +106,8 @@ class Batches(Outcomes):
         # As Model.from_db does, but the workspace is remembered as the text read,
         # so save() can tell what a task changed without encoding it for every job.
         job = Job(*values)
+        # Not among the claim's columns: read from the projection if a task asks.
+        del job.__dict__["unique_key"]
         job._state.adding = False
         job._state.db = self.using
         remember_loaded(job, CLAIM_FIELDS, workspace_text=text)
