@@ -24,6 +24,7 @@ with a key.
 from django.db import migrations, models
 from django.db.models import Q
 
+from django_dbq.exceptions import MigrationHistoryError
 from django_dbq.roles import grant_like
 from django_dbq.sqlfiles import install_sql
 
@@ -53,7 +54,25 @@ def install_functions(apps, schema_editor):
         cursor.execute(KEYED)
         (keyed,) = cursor.fetchone()
         if keyed:
+            # Before the index: the rounds of a replay hold every keyed job at
+            # once, those that finished long ago included.
             cursor.execute("SELECT dbq_replay_events_v5(NULL, %s::uuid[])", [keyed])
+            cursor.execute(SHARED_KEYS)
+            shared = cursor.fetchall()
+            if shared:
+                listed = "; ".join(f"{key!r}: {', '.join(map(str, ids))}" for key, ids in shared)
+                raise MigrationHistoryError(
+                    "django_dbq: jobs that wait or run share a unique key (made while the "
+                    f"database was at 0013, which does not enforce keys): {listed}. Cancel "
+                    "all but one job of each key (job.cancel()), then migrate again."
+                )
+
+
+SHARED_KEYS = """
+SELECT unique_key, array_agg(id ORDER BY created) FROM django_dbq_job
+WHERE unique_key IS NOT NULL AND state IN ('NEW', 'READY', 'PROCESSING', 'STOPPING')
+GROUP BY unique_key HAVING count(*) > 1 ORDER BY 1 LIMIT 20
+"""
 
 
 def drop_new_functions(apps, schema_editor):
@@ -78,6 +97,7 @@ class Migration(migrations.Migration):
             name="unique_key",
             field=models.CharField(blank=True, editable=False, max_length=200, null=True),
         ),
+        migrations.RunPython(install_functions, drop_new_functions),
         migrations.AddConstraint(
             model_name="job",
             constraint=models.UniqueConstraint(
@@ -87,5 +107,4 @@ class Migration(migrations.Migration):
                 name="django_dbq_job_unique_key",
             ),
         ),
-        migrations.RunPython(install_functions, drop_new_functions),
     ]

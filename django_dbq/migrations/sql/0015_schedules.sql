@@ -63,6 +63,16 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'A schedule enqueues jobs of its own name only.';
     END IF;
+    -- A tick without a job (its creation hook refused it) moves the schedule on
+    -- too, so it must be due: none ahead of the clock skips a later tick.
+    IF EXISTS (
+        SELECT FROM ROWS FROM (jsonb_to_recordset(ticks) AS (tick text, payload jsonb)) AS t(tick, payload)
+        WHERE t.payload IS NULL AND @schema@.dbq_time_v1(t.tick) > now()
+    ) THEN
+        RAISE EXCEPTION 'django_dbq: a tick of schedule % without a job is not due yet', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Only a due tick may pass without a job.';
+    END IF;
     PERFORM @schema@.dbq_check_created_v2(NULL::uuid, t.payload)
     FROM ROWS FROM (jsonb_to_recordset(ticks) AS (payload jsonb)) AS t(payload)
     WHERE t.payload IS NOT NULL AND NOT COALESCE(@schema@.dbq_is_creatable_v2(t.payload), false);
@@ -78,9 +88,12 @@ $$;
 -- schedule seen for the first time (no row) starts from now: its row records
 -- now() as `since`, and only ticks after that are enqueued; a worker calls this
 -- with no tick to register a schedule it starts with. Granted to the worker role.
+-- The row lock is waited for a second at most (lock_timeout): a session that
+-- holds it (a transaction left open) makes the call fail, and the worker goes
+-- on draining and tries again later, rather than wait behind it.
 CREATE OR REPLACE FUNCTION @schema@.dbq_enqueue_ticks_v1(p_name text, p_ticks jsonb)
 RETURNS TABLE (job_id uuid, tick timestamptz)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
 #variable_conflict use_column
 DECLARE
     after_tick timestamptz;
