@@ -8,8 +8,8 @@
   column from the payload's unique_key. It is replaced in place, in the same
   transaction as the column is added: it returns the table's row, so the old
   definition cannot outlive the column, and no process calls it but the
-  ledger's trigger and replay, through the fold (0014_apply.sql: apply.sql as
-  it is now, the rest unchanged).
+  ledger's trigger and replay, through the fold (0014_apply.sql holds it
+  alone; the rest of apply.sql is as 0011 installed it).
 - dbq_create_unique_jobs_v1 creates jobs of which some carry a key, leaving
   out the duplicates, for the roles that may run dbq_create_jobs_v2;
   dbq_replace_unique_jobs_v1 also gives the waiting job a duplicate names the

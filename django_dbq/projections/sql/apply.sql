@@ -1,6 +1,6 @@
 -- The projection's side of the ledger: the state machine, how a set of events
 -- folds into django_dbq_job rows, the ledger's trigger function and the
--- projection's guard. What is installed now (migration 0011); a migration holds
+-- projection's guard. What is installed now (migrations 0011 and 0014); a migration holds
 -- a frozen copy of what it installed, under migrations/sql/.
 --
 -- @schema@ stands for the app's schema (a quoted identifier); every table,
