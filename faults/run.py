@@ -186,6 +186,7 @@ def run_scenario(
         result.problem = "" if found.startswith("ok") else found
         result.note += f"; {found or 'ok'}"
     runs.unlink()
+    Path(f"{runs}.started").unlink(missing_ok=True)
     log.unlink()
     return result
 
@@ -398,6 +399,7 @@ def crash_loop_check(runs: Path) -> str:
 
 
 SLOW = 8
+KILL_AFTER_START = 0.5
 
 
 def enqueue_slow_neighbours(count: int) -> Callable[[random.Random], None]:
@@ -405,7 +407,10 @@ def enqueue_slow_neighbours(count: int) -> Callable[[random.Random], None]:
         from django_dbq.models import Job
 
         Job.objects.bulk_create(
-            [Job(name="nasty", workspace={"kind": "hang", "seconds": 6}) for _ in range(SLOW)]
+            [
+                Job(name="nasty", workspace={"kind": "hang", "seconds": 6, "mark_start": True})
+                for _ in range(SLOW)
+            ]
         )
         enqueue_steps(count - SLOW, rng, sleep=0)
 
@@ -413,17 +418,28 @@ def enqueue_slow_neighbours(count: int) -> Callable[[random.Random], None]:
 
 
 def kill_workers_in_slow_jobs(pool: Pool) -> None:
-    """kill -9 each worker while it runs a slow job, after its batch's fast jobs finished."""
-    from django_dbq.models import Job
+    """kill -9 each worker while it runs a slow job, after its batch's fast jobs finished.
 
-    time.sleep(2)
-    holders = Job.objects.filter(name="nasty", state="PROCESSING").values_list(
-        "claimed_by", flat=True
-    )
-    pids = {int(holder.split(":")[1]) for holder in holders if holder}
-    for process in pool.alive():
-        if process.pid in pids:
-            process.kill()
+    A slow job claimed in a batch shows PROCESSING before it starts, so the
+    workers to kill are the ones whose slow task has marked its start, and each
+    is killed only once that start is KILL_AFTER_START old: by then the fast
+    outcomes before it have had time to be recorded (RECORD_WITHIN_SECONDS)."""
+    started = Path(pool.env["FAULTS_RUNS"] + ".started")
+    killed: set[int] = set()
+    deadline = time.time() + 6
+    while time.time() < deadline:
+        lines = started.read_text().splitlines() if started.exists() else []
+        marks = {int(pid): float(at) for pid, at in (line.split() for line in lines)}
+        for process in pool.alive():
+            at = marks.get(process.pid)
+            if (
+                at is not None
+                and process.pid not in killed
+                and time.time() >= at + KILL_AFTER_START
+            ):
+                process.kill()
+                killed.add(process.pid)
+        time.sleep(0.05)
 
 
 def slow_neighbour_check(runs: Path) -> str:

@@ -17,6 +17,15 @@ def _record(job, started):
         os.close(fd)
 
 
+def _mark_start(started):
+    line = f"{os.getpid()} {started:.6f}\n".encode()
+    fd = os.open(os.environ["FAULTS_RUNS"] + ".started", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 def _step(job):
     started = time.time()
     time.sleep(job.workspace.get("sleep", 0))
@@ -35,6 +44,9 @@ def nasty(job):
         _record(job, started)
         raise ValueError("a task that raises")
     if kind == "hang":
+        if job.workspace.get("mark_start"):
+            # Scenario 9 kills a worker only once its slow job has begun.
+            _mark_start(started)
         time.sleep(job.workspace["seconds"])
     elif kind == "exit":
         _record(job, started)
