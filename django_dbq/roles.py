@@ -39,6 +39,7 @@ SEQUENCES = ("django_dbq_jobevent_id_seq", "django_dbq_queueevent_id_seq")
 APP_FUNCTIONS = (
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
+    "dbq_create_jobs_v3(uuid[], jsonb, integer[])",
     "dbq_create_unique_jobs_v1(jsonb)",
     "dbq_replace_unique_jobs_v1(jsonb)",
     "dbq_update_jobs_v2(jsonb)",
@@ -68,6 +69,7 @@ WORKER_FUNCTIONS = (
     # A task may enqueue more jobs.
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
+    "dbq_create_jobs_v3(uuid[], jsonb, integer[])",
     "dbq_create_unique_jobs_v1(jsonb)",
     # Superseded by migrations 0008, 0011 and 0013, kept for workers of the
     # previous releases while a rolling deploy replaces them.

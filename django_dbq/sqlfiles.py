@@ -127,6 +127,11 @@ def bind(sql: str, params: Mapping[str, Any] | None) -> tuple[str, list[Any] | N
     return text, [params[name] for name in names]
 
 
+def positional_sql(sql: str) -> str:
+    """The query with positional placeholders (its parameters are then given in order)."""
+    return _positional(sql)[0]
+
+
 @cache
 def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
     return _PLACEHOLDER.sub("%s", sql), tuple(_PLACEHOLDER.findall(sql))

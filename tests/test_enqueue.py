@@ -1,7 +1,9 @@
 import logging
 import math
 from datetime import datetime, timedelta
+from unittest import mock
 
+import orjson
 import pgtrigger
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -9,6 +11,7 @@ from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from django_dbq.events import append
 from django_dbq.exceptions import InvalidJobError, JobConfigError, UnknownJobError
 from django_dbq.models import Job, JobEvent
 
@@ -246,3 +249,91 @@ def test_enqueue_and_operate__inside_pgtrigger_ignore_of_other_triggers():
     assert Job.objects.get(pk=job.pk).state == Job.STATES.CANCELLED
     assert Job.objects.get(pk=job.pk).priority == 5
     assert depths == {"default": 1099}
+
+
+def test_bulk_create__jobs_alike_send_their_payload_once_and_each_gets_its_own():
+    when = timezone.now() + timedelta(hours=1)
+    jobs = [Job(name="testjob") for _ in range(500)]
+    jobs += [Job(name="testjob", queue_name="other", priority=3, workspace={"n": 1})]
+    jobs += [Job(name="twotasks", run_after=when)]
+    jobs += [Job(name="testjob") for _ in range(100)]
+
+    sent = []
+    encode = append.shared_payloads
+
+    def spy(events):
+        sent.append(encode(events))
+        return sent[-1]
+
+    with mock.patch.object(append, "shared_payloads", spy):
+        created = Job.objects.bulk_create(jobs)
+
+    # Two batches: the first says its payload once, not 500 times; the second three.
+    assert [len(orjson.loads(payloads)) for _, payloads, _ in sent] == [1, 3]
+    assert [len(ids) for ids, _, _ in sent] == [500, 102]
+    assert created == jobs
+    stored = {job.pk: job for job in Job.objects.all()}
+    assert len(stored) == 602
+    for job in jobs:
+        row = stored[job.pk]
+        assert (row.name, row.queue_name, row.priority, row.workspace, row.run_after) == (
+            job.name,
+            job.queue_name,
+            job.priority,
+            job.workspace,
+            job.run_after,
+        )
+        (event,) = JobEvent.objects.filter(job_id=job.pk)
+        assert event.payload["name"] == job.name and event.payload["workspace"] == job.workspace
+    # The order given is the order created (claim order among equals).
+    assert [job.pk for job in Job.objects.order_by("created")] == [
+        job.pk for job in sorted(jobs, key=lambda j: j.created)
+    ]
+    assert [job.created for job in jobs] == sorted(job.created for job in jobs)
+
+
+def test_job__built_with_keywords_as_django_builds_it():
+    from django.db import models
+
+    when = timezone.now()
+    for kwargs in (
+        {},
+        {"name": "testjob"},
+        {"name": "testjob", "workspace": {"a": [1]}, "queue_name": "q", "priority": -2},
+        {"name": "testjob", "run_after": when, "state": Job.STATES.READY, "created": when},
+        {"id": Job().pk, "name": "testjob", "unique_key": "k"},
+    ):
+        quick = Job(**kwargs)
+        django = Job.__new__(Job)
+        models.Model.__init__(django, **kwargs)
+        if "id" not in kwargs:
+            django.id = quick.id
+        expected = {k: v for k, v in django.__dict__.items() if k != "_state"}
+        assert {k: v for k, v in quick.__dict__.items() if k != "_state"} == expected
+        assert quick._state.adding and quick._state.db is None
+    assert Job().pk != Job().pk
+    # The rest goes through Django's own __init__, with its errors.
+    with pytest.raises(TypeError, match="unexpected keyword arguments: 'colour'"):
+        Job(name="testjob", colour="red")
+    assert Job(pk=Job().pk).pk is not None  # pk is a property, not a field name
+
+
+def test_job__init_signals_still_reach_their_receivers():
+    from django.db.models.signals import post_init, pre_init
+
+    seen = []
+
+    def before(sender, args, kwargs, **extra):
+        seen.append(("pre", dict(kwargs)))
+
+    def after(sender, instance, **extra):
+        seen.append(("post", instance.name))
+
+    pre_init.connect(before, sender=Job)
+    post_init.connect(after, sender=Job)
+    try:
+        Job(name="testjob")
+    finally:
+        pre_init.disconnect(before, sender=Job)
+        post_init.disconnect(after, sender=Job)
+    assert seen == [("pre", {"name": "testjob"}), ("post", "testjob")]

@@ -18,6 +18,8 @@ WHERE r.rolname = ANY(%s) AND has_table_privilege(r.oid, 'dbq_app.django_dbq_sch
 ORDER BY 1
 """
 NEW = ("dbq_enqueue_ticks_v1(text,jsonb)", "dbq_check_ticks_v1(text,jsonb)")
+# Made by the migrations after 0015, which the way back to 0014 undoes too.
+LATER = ("dbq_create_jobs_v3(uuid[],jsonb,integer[])",)
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def test_0015_back_and_forward__drops_what_it_made_and_grants_it_again(migrated)
             None,
         )
     back = functions(migrated)
-    assert back == {k: v for k, v in latest.items() if k not in NEW}
+    assert back == {k: v for k, v in latest.items() if k not in NEW + LATER}
 
     migrate(migrated)
     assert functions(migrated) == latest

@@ -246,6 +246,65 @@ def test_guard__a_role_granted_writes_on_the_projection_by_mistake_still_cannot_
 
 # 3. Each role appends only what its functions allow.
 
+# dbq_create_jobs_v3 of one good job and the payload given, which a second job uses.
+CREATE_V3_ONE = (
+    "SELECT * FROM dbq_create_jobs_v3(ARRAY[gen_random_uuid(), gen_random_uuid()], "
+    'jsonb_build_array(\'{"name": "testjob"}\'::jsonb, %s::jsonb), ARRAY[0, 1])'
+)
+
+
+@pytest.mark.parametrize(
+    ("job_ids", "payloads", "which"),
+    [
+        # one payload number short, one too many, out of range, negative, NULL
+        ("ARRAY[gen_random_uuid(), gen_random_uuid()]", '\'[{"name": "testjob"}]\'', "ARRAY[0]"),
+        ("ARRAY[gen_random_uuid()]", '\'[{"name": "testjob"}]\'', "ARRAY[0, 0]"),
+        ("ARRAY[gen_random_uuid()]", '\'[{"name": "testjob"}]\'', "ARRAY[1]"),
+        ("ARRAY[gen_random_uuid()]", '\'[{"name": "testjob"}]\'', "ARRAY[-1]"),
+        ("ARRAY[gen_random_uuid()]", '\'[{"name": "testjob"}]\'', "ARRAY[NULL::integer]"),
+        ("ARRAY[gen_random_uuid()]", '\'{"name": "testjob"}\'', "ARRAY[0]"),
+        ("NULL", '\'[{"name": "testjob"}]\'', "ARRAY[0]"),
+        ("ARRAY[[gen_random_uuid()]]", '\'[{"name": "testjob"}]\'', "ARRAY[[0]]"),
+    ],
+)
+def test_app__create_jobs_v3_refuses_ids_and_payload_numbers_that_do_not_match(
+    owned, owner, job_ids, payloads, which
+):
+    before = counts(owner)
+    with owned.connect("app") as conn:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="as many job ids"):
+            conn.execute(f"SELECT * FROM dbq_create_jobs_v3({job_ids}, {payloads}, {which})")
+    assert counts(owner) == before
+
+
+def test_app__create_jobs_v3_checks_a_payload_no_job_uses_and_refuses_a_null_id(owned, owner):
+    before = counts(owner)
+    with owned.connect("app") as conn:
+        with pytest.raises(psycopg.DatabaseError, match="may not set attempts"):
+            conn.execute(
+                "SELECT * FROM dbq_create_jobs_v3(ARRAY[gen_random_uuid()], "
+                '\'[{"name": "testjob"}, {"name": "testjob", "attempts": 9}]\', '
+                "ARRAY[0])"
+            )
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            conn.execute(
+                "SELECT * FROM dbq_create_jobs_v3(ARRAY[NULL::uuid], "
+                '\'[{"name": "testjob"}]\', ARRAY[0])'
+            )
+    assert counts(owner) == before
+    with owned.connect("worker") as conn:
+        created = conn.execute(
+            "SELECT * FROM dbq_create_jobs_v3(ARRAY[gen_random_uuid(), gen_random_uuid()], "
+            '\'[{"name": "testjob"}]\', ARRAY[0, 0])'
+        ).fetchall()
+    assert len(created) == 2
+    with owned.connect("none") as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "SELECT * FROM dbq_create_jobs_v3(ARRAY[gen_random_uuid()], "
+                '\'[{"name": "testjob"}]\', ARRAY[0])'
+            )
+
 
 @pytest.mark.parametrize(
     ("payload", "message"),
@@ -264,6 +323,7 @@ def test_app__creates_only_new_jobs_in_states_a_creation_allows(owned, owner, pa
             "SELECT dbq_create_job_v2(gen_random_uuid(), %s)",
             "SELECT * FROM dbq_create_jobs_v2(jsonb_build_array("
             "jsonb_build_object('job_id', gen_random_uuid(), 'payload', %s::jsonb)))",
+            CREATE_V3_ONE,
         ):
             with pytest.raises(psycopg.DatabaseError, match=message):
                 conn.execute(statement, [Jsonb(payload)])
@@ -533,6 +593,7 @@ def test_times__only_iso_8601_with_an_offset_so_that_replay_reads_them_the_same(
             "SELECT dbq_create_job_v2(gen_random_uuid(), %s)",
             "SELECT * FROM dbq_create_jobs_v2(jsonb_build_array("
             "jsonb_build_object('job_id', gen_random_uuid(), 'payload', %s::jsonb)))",
+            CREATE_V3_ONE,
         ):
             with pytest.raises(psycopg.errors.InvalidDatetimeFormat, match="ISO 8601"):
                 conn.execute(statement, [bad])
@@ -830,6 +891,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_create_job_v2": ["app", "worker"],
         "dbq_create_jobs_v1": ["app", "worker"],
         "dbq_create_jobs_v2": ["app", "worker"],
+        "dbq_create_jobs_v3": ["app", "worker"],
         "dbq_create_unique_jobs_v1": ["app", "worker"],
         "dbq_delete_old_jobs_v3": ["maintenance"],
         "dbq_enqueue_ticks_v1": ["worker"],

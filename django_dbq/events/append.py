@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -15,7 +15,7 @@ from django.db.backends.utils import CursorWrapper
 
 from django_dbq.clock import from_epoch, from_epochs
 from django_dbq.exceptions import DuplicateJobError, JobGoneError
-from django_dbq.sqlfiles import bind, load_queries
+from django_dbq.sqlfiles import bind, load_queries, positional_sql
 
 
 class Appended(NamedTuple):
@@ -65,14 +65,25 @@ def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
         with connection.cursor() as cursor:
             yield cursor
         return
-    raw = _server_binding_cursor(connection)
-    cursor = (
+    raw = _kept_cursor(connection)
+    # Not closed after use: the next statement of this connection reuses it.
+    yield (
         connection.make_debug_cursor(raw)
         if connection.queries_logged
         else connection.make_cursor(raw)
     )
-    with cursor:
-        yield cursor
+
+
+def _kept_cursor(connection: Any) -> ServerBindingCursor:
+    """The connection's server-binding cursor for the ledger's statements, made once per connection."""
+    kept = connection.__dict__.get("_dbq_cursor")
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    if kept is None or kept.closed or kept.connection is not connection.connection:
+        with connection.wrap_database_errors:
+            kept = connection.__dict__["_dbq_cursor"] = ServerBindingCursor(connection.connection)
+    return kept
 
 
 def execute_secret(
@@ -112,10 +123,38 @@ def append_created(
             {"job_id": event["job_id"], "payload": orjson.dumps(event["payload"]).decode()},
         )
     else:
-        query = bind(_queries()["events_insert_created"], {"events": orjson.dumps(events).decode()})
+        job_ids, payloads, which = shared_payloads(events)
+        query = bind(
+            _queries()["events_insert_created"],
+            {"job_ids": job_ids, "payloads": payloads, "which": which},
+        )
     with bound_cursor(using) as cursor:
         cursor.execute(*query)
         return _times(cursor.fetchall(), len(events))
+
+
+def shared_payloads(events: Sequence[dict[str, Any]]) -> list[Any]:
+    """The job ids, the distinct payloads as one JSON array, and each job's payload's position.
+
+    Jobs created together mostly share one payload, which the server then parses
+    and checks once (dbq_create_jobs_v3).
+    """
+    positions: dict[bytes, int] = {}
+    # Payloads given as one object are encoded once (the events hold them meanwhile).
+    known: dict[int, int] = {}
+    which = []
+    for event in events:
+        payload = event["payload"]
+        position = known.get(id(payload))
+        if position is None:
+            encoded = orjson.dumps(payload)
+            position = positions.get(encoded)
+            if position is None:
+                position = positions[encoded] = len(positions)
+            known[id(payload)] = position
+        which.append(position)
+    payloads = b"[" + b",".join(positions) + b"]"
+    return [[event["job_id"] for event in events], payloads.decode(), which]
 
 
 class UniqueCreated(NamedTuple):
@@ -154,18 +193,28 @@ def _times(rows: list[tuple[float]], expected: int) -> list[datetime]:
 class _Batches:
     """Batches of events, encoded one at a time as the pipeline asks for them."""
 
-    def __init__(self, batches: Iterable[Sequence[dict[str, Any]]], count: int) -> None:
+    def __init__(
+        self,
+        batches: Iterable[Sequence[dict[str, Any]]],
+        count: int,
+        encode: Callable[[Sequence[dict[str, Any]]], list[Any]],
+    ) -> None:
         self._batches = batches
         self._count = count
+        self._encode = encode
         self.sizes: list[int] = []
 
     def __len__(self) -> int:  # for Django's query log ("... times")
         return self._count
 
-    def __iter__(self) -> Iterator[list[str]]:
+    def __iter__(self) -> Iterator[list[Any]]:
         for events in self._batches:
             self.sizes.append(len(events))
-            yield [orjson.dumps(events).decode()]
+            yield self._encode(events)
+
+
+def _as_json_array(events: Sequence[dict[str, Any]]) -> list[Any]:
+    return [orjson.dumps(events).decode()]
 
 
 def append_created_batches(
@@ -187,7 +236,7 @@ def append_created_batches(
         for events in batches:
             times.extend(append_created(events, using=using))
         return times
-    for size, rows in _pipelined("events_insert_created", batches, count, using):
+    for size, rows in _pipelined("events_insert_created", batches, count, using, shared_payloads):
         times.extend(_times(rows, size))
     return times
 
@@ -206,18 +255,25 @@ def append_unique_created_batches(
             reported.extend(append_unique_created(events, replace, using=using))
         return reported
     name = "events_insert_unique_replacing" if replace else "events_insert_unique_created"
-    for size, rows in _pipelined(name, batches, count, using):
+    for size, rows in _pipelined(name, batches, count, using, _as_json_array):
         reported.extend(_reported(rows, size))
     return reported
 
 
 def _pipelined(
-    name: str, batches: Iterable[Sequence[dict[str, Any]]], count: int, using: str
+    name: str,
+    batches: Iterable[Sequence[dict[str, Any]]],
+    count: int,
+    using: str,
+    encode: Callable[[Sequence[dict[str, Any]]], list[Any]],
 ) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
-    """Run the named query once per batch of events, pipelined; yield each batch's size and rows."""
+    """Run the named query once per batch of events, pipelined; yield each batch's size and rows.
+
+    `encode` turns a batch into the query's parameters, in their order.
+    """
     connection = connections[using]
-    sql, _ = bind(_queries()[name], {"events": None})
-    params = _Batches(batches, count)
+    sql = positional_sql(_queries()[name])
+    params = _Batches(batches, count, encode)
     with bound_cursor(using) as cursor:
         raw = cursor.cursor
         logged = (

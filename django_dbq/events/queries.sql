@@ -5,10 +5,11 @@
 -- a schema of the search_path is a closer match (tests/test_schema.py checks).
 
 -- name: events_insert_created
--- Enqueue jobs: one `created` event (version 1) per new job, in the order given;
--- the events come as one JSON array of {job_id, payload}; their times come back
--- as epoch seconds in the same order.
-SELECT * FROM dbq_create_jobs_v2(%(events)s::jsonb)
+-- Enqueue jobs: one `created` event (version 1) per new job, in the order given:
+-- the job ids, the JSON array of their distinct payloads, and for each job the
+-- position of its payload in that array; their times come back as epoch
+-- seconds in the same order.
+SELECT * FROM dbq_create_jobs_v3(%(job_ids)s::uuid[], %(payloads)s::jsonb, %(which)s::integer[])
 
 -- name: events_insert_created_one
 -- The same for one job (Job.objects.create, save() of a new job), without the

@@ -97,6 +97,9 @@ def enqueue_jobs(
     size = batch_size or PIPELINE_BATCH
     loaded: list[dict[str, Any]] = []
 
+    # Jobs alike share one payload object, which append_created then encodes once.
+    shared: dict[tuple[Any, ...], dict[str, Any]] = {}
+
     def batches() -> Iterator[list[dict[str, Any]]]:
         for start in range(0, len(ready), size):
             batch = ready[start : start + size]
@@ -104,7 +107,21 @@ def enqueue_jobs(
             for job in batch:
                 workspace = jsonutil.encode_workspace(job.workspace)
                 loaded.append(_snapshot(job, workspace))
-                events.append({"job_id": job.pk, "payload": _created_payload(job, workspace)})
+                if job.run_after is None:
+                    key = (
+                        job.name,
+                        job.state,
+                        job.next_task,
+                        workspace,
+                        job.queue_name,
+                        job.priority,
+                    )
+                    payload = shared.get(key)
+                    if payload is None:
+                        payload = shared[key] = _created_payload(job, workspace)
+                else:
+                    payload = _created_payload(job, workspace)
+                events.append({"job_id": job.pk, "payload": payload})
             yield events
 
     if not ready:
