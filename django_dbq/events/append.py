@@ -65,9 +65,21 @@ def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
         with connection.cursor() as cursor:
             yield cursor
         return
+    if connection.allow_thread_sharing:
+        # Shared between threads (inc_thread_sharing(), as Django's live server
+        # does): a cursor's results are those of whoever executed on it last, so
+        # each statement has a cursor of its own, closed after use.
+        raw = _server_binding_cursor(connection)
+        with _wrapped(connection, raw) as cursor:
+            yield cursor
+        return
     raw = _kept_cursor(connection)
     # Not closed after use: the next statement of this connection reuses it.
-    yield (
+    yield _wrapped(connection, raw)
+
+
+def _wrapped(connection: Any, raw: ServerBindingCursor) -> CursorWrapper:
+    return (
         connection.make_debug_cursor(raw)
         if connection.queries_logged
         else connection.make_cursor(raw)
