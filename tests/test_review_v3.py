@@ -18,7 +18,11 @@ REFUSED = [
     (f"ARRAY[{U}]", '\'[{"name": "testjob", "state": "CANCELLED"}]\'', "ARRAY[0]"),
     (f"ARRAY[{U}]", '\'[{"name": "testjob", "state": 5}]\'', "ARRAY[0]"),
     (f"ARRAY[{U}]", '\'[{"name": "testjob", "run_after": "tomorrow"}]\'', "ARRAY[0]"),
-    (f"ARRAY[{U}]", '\'[{"name": "testjob", "run_after": "99999-01-01T00:00:00+00:00"}]\'', "ARRAY[0]"),
+    (
+        f"ARRAY[{U}]",
+        '\'[{"name": "testjob", "run_after": "99999-01-01T00:00:00+00:00"}]\'',
+        "ARRAY[0]",
+    ),
     (f"ARRAY[{U}]", "'[null]'", "ARRAY[0]"),
     (f"ARRAY[{U}]", "'[\"x\"]'", "ARRAY[0]"),
     (f"ARRAY[{U}]", "'[[]]'", "ARRAY[0]"),
@@ -26,7 +30,11 @@ REFUSED = [
     (f"ARRAY[{U}]", "NULL", "ARRAY[0]"),
     (f"ARRAY[{U}]", OK, "NULL"),
     # bounds and shapes
-    (f"('[5:5]={{' || {U} || '}}')::uuid[]", '\'[{"name": "testjob", "attempts": 3}]\'', "ARRAY[0]"),
+    (
+        f"('[5:5]={{' || {U} || '}}')::uuid[]",
+        '\'[{"name": "testjob", "attempts": 3}]\'',
+        "ARRAY[0]",
+    ),
     (f"ARRAY[{U}]", '\'[{"name": "testjob", "attempts": 3}]\'', "'[0:0]={0}'::int[]"),
     (f"ARRAY[{U}, {U}]", OK, "'[0:1]={0,1}'::int[]"),
     (f"ARRAY[{U}]", OK, "ARRAY[2147483647]"),
@@ -39,7 +47,11 @@ REFUSED = [
     ("NULL", OK, "NULL"),
     ("'{}'::uuid[]", '\'[{"name": "testjob", "attempts": 3}]\'', "'{}'::int[]"),
     # duplicate ids within one call
-    ("ARRAY['00000000-0000-0000-0000-000000000001'::uuid, '00000000-0000-0000-0000-000000000001']", OK, "ARRAY[0, 0]"),
+    (
+        "ARRAY['00000000-0000-0000-0000-000000000001'::uuid, '00000000-0000-0000-0000-000000000001']",
+        OK,
+        "ARRAY[0, 0]",
+    ),
 ]
 
 
@@ -61,7 +73,9 @@ def test_v3_refuses_or_writes_nothing(owned, owner, job_ids, payloads, which):  
 def test_v3_an_existing_job_id_is_refused_whole(owned, owner):  # noqa: F811
     job_id = uuid.uuid4()
     with owned.connect("app") as conn:
-        conn.execute("SELECT * FROM dbq_create_jobs_v3(%s, %s, %s)", [[job_id], '[{"name": "testjob"}]', [0]])
+        conn.execute(
+            "SELECT * FROM dbq_create_jobs_v3(%s, %s, %s)", [[job_id], '[{"name": "testjob"}]', [0]]
+        )
     before = counts(owner)
     with owned.connect("app") as conn:
         with pytest.raises(psycopg.errors.IntegrityError):
@@ -132,7 +146,7 @@ def test_kept_cursor__after_close_and_a_terminated_backend():
 @pytest.mark.django_db
 def test_kept_cursor__errors_in_atomic_broken_transaction_debug_and_ignore():
     first = Job.objects.bulk_create(jobs(2))
-    with pytest.raises(Exception):
+    with pytest.raises(DatabaseError):
         with transaction.atomic():
             Job.objects.bulk_create([Job(id=first[0].pk, name="testjob"), Job(name="testjob")])
     with transaction.atomic():
@@ -207,3 +221,60 @@ def test_kept_cursor__a_connection_shared_between_threads_gives_each_its_own_row
     assert errors == []
     stored = dict(Job.objects.values_list("pk", "created"))
     assert [job.pk for job in made if job.created != stored[job.pk]] == []
+
+
+# --- Job.__init__ -----------------------------------------------------------
+
+from django.db import models  # noqa: E402
+from django.db.models.signals import pre_init  # noqa: E402
+
+
+def by_django(cls, **kwargs):
+    instance = cls.__new__(cls)
+    models.Model.__init__(instance, **kwargs)
+    return instance
+
+
+class Shouting(Job):
+    class Meta:
+        proxy = True
+        app_label = "django_dbq"
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value.upper() if name == "name" else value)
+
+
+class LowerQueue(Job):
+    class Meta:
+        proxy = True
+        app_label = "django_dbq"
+
+    @property
+    def queue_name(self):
+        return self.__dict__["queue_name"]
+
+    @queue_name.setter
+    def queue_name(self, value):
+        self.__dict__["queue_name"] = value.lower()
+
+
+def test_job_init__a_subclass_setattr_or_property_sees_the_values_as_with_django():
+    assert by_django(Shouting, name="a").name == "A"
+    assert Shouting(name="a").name == "A"
+    assert by_django(LowerQueue, queue_name="Q").queue_name == "q"
+    assert LowerQueue(queue_name="Q").queue_name == "q"
+    assert Job(name="a").name == "a"
+
+
+def test_job_init__names_a_pre_init_receiver_adds_are_checked_as_with_django():
+    def add(sender, args, kwargs, **extra):
+        kwargs["colour"] = "red"
+
+    pre_init.connect(add, sender=Job)
+    try:
+        with pytest.raises(TypeError, match="unexpected keyword arguments: 'colour'"):
+            by_django(Job, name="a")
+        with pytest.raises(TypeError, match="unexpected keyword arguments: 'colour'"):
+            Job(name="a")
+    finally:
+        pre_init.disconnect(add, sender=Job)

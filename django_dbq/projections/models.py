@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from datetime import timedelta
@@ -11,6 +12,7 @@ import pgtrigger
 from django.db import DatabaseError, models, router
 from django.db.models import Count, Q
 from django.db.models.base import DEFERRED, ModelState
+from django.db.models.query_utils import DeferredAttribute
 from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -196,7 +198,16 @@ def _made(field: models.Field) -> bool:
 def _init_fields(cls: type[models.Model]) -> _InitFields:
     """The fields Job.__init__ sets itself: all of them, while none is a relation."""
     fields = [f for f in cls._meta.concrete_fields if not f.generated]
-    if any(f.is_relation for f in fields):  # the events' reverse relation takes no argument
+    if (
+        any(f.is_relation for f in fields)  # the events' reverse relation takes no argument
+        # Django sets each value with setattr(): a subclass's __setattr__, or a
+        # property or descriptor of its own in place of a field's, sees them.
+        or cls.__setattr__ is not object.__setattr__
+        or any(
+            type(inspect.getattr_static(cls, f.attname, None)) is not DeferredAttribute
+            for f in fields
+        )
+    ):
         found = _InitFields(frozenset(), {}, ())  # Django's __init__ for every call
     else:
         found = _InitFields(
@@ -309,6 +320,8 @@ class Job(models.Model):
             args
             or not kwargs.keys() <= fields.names
             or any(value is DEFERRED for value in kwargs.values())
+            # A receiver may change the arguments, which Django checks afterwards.
+            or (pre_init.receivers and pre_init.has_listeners(cls))
         ):
             super().__init__(*args, **kwargs)
             return
