@@ -278,3 +278,26 @@ def test_job_init__names_a_pre_init_receiver_adds_are_checked_as_with_django():
             Job(name="a")
     finally:
         pre_init.disconnect(add, sender=Job)
+
+
+# --- bulk_create's job ids ---------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [str(uuid.uuid4()), uuid.uuid4()],
+        [uuid.uuid4(), str(uuid.uuid4())],
+        [uuid.uuid4().hex, uuid.uuid4()],
+        [str(uuid.uuid4()), str(uuid.uuid4())],
+    ],
+)
+def test_bulk_create__ids_given_as_text_among_uuids_as_before_v3(ids):
+    # acdd4e5 (dbq_create_jobs_v2, one JSON document) took these.
+    Job.objects.bulk_create([Job(id=job_id, name="testjob") for job_id in ids])
+    assert set(Job.objects.values_list("pk", flat=True)) == {uuid.UUID(str(i)) for i in ids}
+    # Many batches (pipelined) too.
+    more = [Job(id=str(uuid.uuid4()) if n % 2 else uuid.uuid4(), name="testjob") for n in range(5)]
+    Job.objects.bulk_create(more, batch_size=2)
+    assert Job.objects.count() == len(ids) + 5

@@ -166,7 +166,12 @@ def shared_payloads(events: Sequence[dict[str, Any]]) -> list[Any]:
             known[id(payload)] = position
         which.append(position)
     payloads = b"[" + b",".join(positions) + b"]"
-    return [[event["job_id"] for event in events], payloads.decode(), which]
+    job_ids = [event["job_id"] for event in events]
+    if not all(type(job_id) is uuid.UUID for job_id in job_ids):
+        # Job(id="...") with text: psycopg dumps no list of mixed types, and
+        # dbq_create_jobs_v2 took any text PostgreSQL reads as a uuid.
+        job_ids = [None if job_id is None else str(job_id) for job_id in job_ids]
+    return [job_ids, payloads.decode(), which]
 
 
 class UniqueCreated(NamedTuple):
