@@ -45,7 +45,7 @@ def encode_events(events: Sequence[tuple[uuid.UUID, str, str]]) -> str:
 
 
 @contextmanager
-def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
+def bound_cursor(using: str = DEFAULT_DB_ALIAS, keep: bool = True) -> Iterator[CursorWrapper]:
     """A Django cursor that sends parameters apart from the statement (server-side binding).
 
     Django's default cursor inlines the parameters, so no statement can be
@@ -53,7 +53,9 @@ def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
     database's OPTIONS allow it ("prepare_threshold"; Django turns preparing off
     by default for the sake of connection poolers). Errors and query logging are
     Django's, as with connection.cursor(); while the connection has execute
-    wrappers, it is connection.cursor().
+    wrappers, it is connection.cursor(). With `keep`, the connection's kept
+    cursor serves the statement and stays open for the next; without (calls whose
+    results are large), a cursor of its own is closed after use.
     """
     connection = connections[using]
     # An execute wrapper may rewrite the statement into several (pgtrigger.ignore()
@@ -65,7 +67,7 @@ def bound_cursor(using: str = DEFAULT_DB_ALIAS) -> Iterator[CursorWrapper]:
         with connection.cursor() as cursor:
             yield cursor
         return
-    if connection.allow_thread_sharing:
+    if connection.allow_thread_sharing or not keep:
         # Shared between threads (inc_thread_sharing(), as Django's live server
         # does): a cursor's results are those of whoever executed on it last, so
         # each statement has a cursor of its own, closed after use.
@@ -291,7 +293,8 @@ def _pipelined(
     connection = connections[using]
     sql = positional_sql(_queries()[name])
     params = _Batches(batches, count, encode)
-    with bound_cursor(using) as cursor:
+    # A cursor of its own: a long call's rows are not kept past it.
+    with bound_cursor(using, keep=False) as cursor:
         raw = cursor.cursor
         logged = (
             cursor.debug_sql(sql, params, many=True) if connection.queries_logged else nullcontext()
