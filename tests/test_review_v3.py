@@ -238,7 +238,8 @@ def by_django(cls, **kwargs):
 class Shouting(Job):
     class Meta:
         proxy = True
-        app_label = "django_dbq"
+        # Not an installed app: makemigrations does not see these test-only proxies.
+        app_label = "dbq_review_tests"
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value.upper() if name == "name" else value)
@@ -247,7 +248,8 @@ class Shouting(Job):
 class LowerQueue(Job):
     class Meta:
         proxy = True
-        app_label = "django_dbq"
+        # Not an installed app: makemigrations does not see these test-only proxies.
+        app_label = "dbq_review_tests"
 
     @property
     def queue_name(self):
