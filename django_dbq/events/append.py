@@ -148,26 +148,24 @@ def append_created(
 
 
 def shared_payloads(events: Sequence[dict[str, Any]]) -> list[Any]:
-    """The job ids, the distinct payloads as one JSON array, and each job's payload's position.
+    """The job ids, their payloads as one JSON array, and each job's payload's position.
 
-    Jobs created together mostly share one payload, which the server then parses
-    and checks once (dbq_create_jobs_v3).
+    A payload object that several events hold (enqueue_jobs gives jobs alike one)
+    is encoded and sent once, and the server parses and checks it once
+    (dbq_create_jobs_v3). The events hold their payloads meanwhile, so no two
+    of them share an id() unless they are one object.
     """
-    positions: dict[bytes, int] = {}
-    # Payloads given as one object are encoded once (the events hold them meanwhile).
-    known: dict[int, int] = {}
+    positions: dict[int, int] = {}
+    encoded: list[bytes] = []
     which = []
     for event in events:
         payload = event["payload"]
-        position = known.get(id(payload))
+        position = positions.get(id(payload))
         if position is None:
-            encoded = orjson.dumps(payload)
-            position = positions.get(encoded)
-            if position is None:
-                position = positions[encoded] = len(positions)
-            known[id(payload)] = position
+            position = positions[id(payload)] = len(encoded)
+            encoded.append(orjson.dumps(payload))
         which.append(position)
-    payloads = b"[" + b",".join(positions) + b"]"
+    payloads = b"[" + b",".join(encoded) + b"]"
     job_ids = [event["job_id"] for event in events]
     if not all(type(job_id) is uuid.UUID for job_id in job_ids):
         # Job(id="...") with text: psycopg dumps no list of mixed types, and

@@ -325,7 +325,7 @@ class Job(models.Model):
         ):
             super().__init__(*args, **kwargs)
             return
-        pre_init.send(sender=cls, args=args, kwargs=kwargs)
+        # No pre_init receiver for the class here; post_init's are sent below.
         values = self.__dict__
         values["_state"] = ModelState()
         values.update(fields.constants)
