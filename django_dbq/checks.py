@@ -152,6 +152,35 @@ def check_shutdown_grace(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 
 @register()
+def check_ledger_key(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """DBQ_LEDGER_KEY, when set, is long enough (E017); DBQ_SEAL_SECONDS is a number (E018)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_dbq.seals import ledger_key, seal_seconds
+
+    errors = []
+    try:
+        ledger_key()
+    except ImproperlyConfigured as exc:
+        errors.append(Error(str(exc), id="django_dbq.E017"))
+    try:
+        seconds = seal_seconds()
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds >= 0:
+        errors.append(
+            Error(
+                f"DBQ_SEAL_SECONDS is {getattr(settings, 'DBQ_SEAL_SECONDS', None)!r}; it is how "
+                "often, in seconds, a worker seals the ledger.",
+                hint="Set DBQ_SEAL_SECONDS to a number of seconds, e.g. 60, or 0 for workers "
+                "that never seal.",
+                id="django_dbq.E018",
+            )
+        )
+    return errors
+
+
+@register()
 def check_jobs_setting(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """Every job in settings.JOBS has tasks, and every task and hook path imports."""
     jobs = tasks.get_jobs_setting()

@@ -4,7 +4,15 @@ With django-db-queue 3.3's other names of this module: the manager class and
 the default age of `delete_old`.
 """
 
-from django_dbq.events.models import EventKind, JobEvent, QueueEvent, QueueEventKind, Schedule
+from django_dbq.events.models import (
+    EventKind,
+    JobEvent,
+    QueueEvent,
+    QueueEventKind,
+    Retired,
+    Schedule,
+    Seal,
+)
 from django_dbq.projections.models import DEFAULT_DELETE_JOBS_AFTER_HOURS, Job, JobManager, Queue
 
 __all__ = [
@@ -16,5 +24,7 @@ __all__ = [
     "Queue",
     "QueueEvent",
     "QueueEventKind",
+    "Retired",
     "Schedule",
+    "Seal",
 ]

@@ -7,13 +7,16 @@ the calling role may do; each role is granted its functions and SELECT:
 - worker: claims jobs, records the outcomes of the jobs it holds and saves them
   (proved by its secret key, under a live lease), renews its leases, expires
   lapsed ones, enqueues jobs (tasks may) and the due ticks of schedules
-  (periodic jobs, each tick once); it saves no job it does not hold.
+  (periodic jobs, each tick once), and seals the ledger (DBQ_SEAL_SECONDS); it
+  saves no job it does not hold.
 - app (the web application, the admin, operators' commands): enqueues
   (`created` in a state a creation allows), saves (`updated`), cancels,
   requeues, releases jobs whose worker is gone, creates unique jobs (and
   replaces the waiting one that holds a key: an `updated` event), and pauses and resumes queues
   (the queue ledger's `paused` and `resumed`).
-- maintenance: runs delete_old_jobs (the retention function), and nothing else.
+- maintenance: runs delete_old_jobs (the retention function, which signs the
+  retirement records of the sealed events it removes) and seal_ledger, and
+  nothing else.
 
 Every role may also read the past: as_of, job_history --as-of and replay_events
 --verify rebuild the projection into a TEMP table of their own session, through
@@ -34,8 +37,14 @@ TABLES = (
     "django_dbq_queue",
     "django_dbq_queueevent",
     "django_dbq_schedule",
+    "django_dbq_seal",
+    "django_dbq_retired",
 )
-SEQUENCES = ("django_dbq_jobevent_id_seq", "django_dbq_queueevent_id_seq")
+SEQUENCES = (
+    "django_dbq_jobevent_id_seq",
+    "django_dbq_queueevent_id_seq",
+    "django_dbq_retired_id_seq",
+)
 APP_FUNCTIONS = (
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
@@ -66,6 +75,9 @@ WORKER_FUNCTIONS = (
     "dbq_save_failed_v1(text, jsonb)",
     # Enqueue the due ticks of the schedules of settings.JOBS (periodic jobs).
     "dbq_enqueue_ticks_v1(text, jsonb)",
+    # Seal the ledger (DBQ_SEAL_SECONDS); the mac is the worker's.
+    "dbq_prepare_seal_v1()",
+    "dbq_seal_ledger_v1(bigint, bigint, bytea, bytea)",
     # A task may enqueue more jobs.
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
@@ -83,7 +95,17 @@ WORKER_FUNCTIONS = (
     "dbq_claim_jobs_v3(text, integer, text, text, text, integer, float8, text[])",
     "dbq_record_and_claim_v2(text, jsonb, text, integer, text, text, integer, float8, text[])",
 )
-RETENTION_FUNCTIONS = ("dbq_delete_old_jobs_v3(timestamptz)",)
+RETENTION_FUNCTIONS = (
+    "dbq_delete_old_jobs_v4(timestamptz)",
+    # Signs the retirement records of the sealed events retention removed.
+    "dbq_sign_retired_v1(bigint[], bytea[])",
+    # manage.py seal_ledger.
+    "dbq_prepare_seal_v1()",
+    "dbq_seal_ledger_v1(bigint, bigint, bytea, bytea)",
+    # Superseded by migration 0017 (it keeps sealed jobs), kept for the previous
+    # release's processes while a rolling deploy replaces them.
+    "dbq_delete_old_jobs_v3(timestamptz)",
+)
 # The audit reads (projections/scratch.py) and the pure functions the fold calls;
 # all run with the caller's rights and write only the caller's TEMP tables.
 AUDIT_FUNCTIONS = (
@@ -93,7 +115,12 @@ AUDIT_FUNCTIONS = (
     "dbq_refuse_events_scratch_v2(django_dbq_jobevent[])",
     "dbq_next_state_v2(text, text, jsonb, boolean)",
     "dbq_event_is_illegal_v2(text, integer, jsonb, boolean, text, integer, boolean)",
-    "dbq_job_row_v1(uuid, integer, jsonb, timestamptz)",
+    "dbq_job_row_v2(uuid, integer, jsonb, timestamptz, bytea)",
+    # The ledger's proof (verify recomputes hashes and seals' windows).
+    "dbq_event_hash_text_v1(bytea, uuid, integer, text, text, timestamptz)",
+    "dbq_event_hash_v1(bytea, uuid, integer, text, jsonb, timestamptz)",
+    "dbq_xmin_v1()",
+    "dbq_seal_window_v1(bigint, bigint, bigint)",
     "dbq_time_v1(text)",
     "dbq_refuse_time_v1(text)",
     # The queue ledger's (verify).

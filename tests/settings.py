@@ -155,3 +155,6 @@ DBQ_POLL_SECONDS = float(os.environ.get("DBQ_POLL_SECONDS", 1))
 DBQ_SHUTDOWN_GRACE = (
     float(os.environ["DBQ_SHUTDOWN_GRACE"]) if "DBQ_SHUTDOWN_GRACE" in os.environ else None
 )
+
+# The ledger's key (seals), for the manage.py processes of tests that seal.
+DBQ_LEDGER_KEY = os.environ.get("DBQ_TEST_LEDGER_KEY") or None

@@ -35,11 +35,13 @@ SQL_FILES = [
     ("django_dbq.events", "sql/unique.sql"),
     ("django_dbq.projections", "sql/queues.sql"),
     ("django_dbq.events", "sql/schedules.sql"),
+    ("django_dbq.events", "sql/seals.sql"),
 ]
 # The ledger's columns, in its order, for a table of one's own.
 FAKE_EVENTS = (
     "CREATE TEMP TABLE fake (id bigint GENERATED ALWAYS AS IDENTITY, version integer,"
-    " kind varchar(20), payload jsonb, at timestamptz DEFAULT clock_timestamp(), job_id uuid)"
+    " kind varchar(20), payload jsonb, at timestamptz DEFAULT clock_timestamp(), job_id uuid,"
+    " hash bytea, txid bigint)"
 )
 
 
@@ -894,11 +896,13 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_create_jobs_v3": ["app", "worker"],
         "dbq_create_unique_jobs_v1": ["app", "worker"],
         "dbq_delete_old_jobs_v3": ["maintenance"],
+        "dbq_delete_old_jobs_v4": ["maintenance"],
         "dbq_enqueue_ticks_v1": ["worker"],
         "dbq_expire_leases_v2": ["worker"],
         "dbq_expire_leases_v3": ["worker"],
         "dbq_expire_leases_v4": ["worker"],
         "dbq_pause_queue_v1": ["app"],
+        "dbq_prepare_seal_v1": ["maintenance", "worker"],
         "dbq_record_and_claim_v1": ["worker"],
         "dbq_record_and_claim_v2": ["worker"],
         "dbq_record_and_claim_v3": ["worker"],
@@ -911,6 +915,8 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_save_failed_v1": ["worker"],
         "dbq_save_held_v1": ["worker"],
         "dbq_save_held_v2": ["worker"],
+        "dbq_seal_ledger_v1": ["maintenance", "worker"],
+        "dbq_sign_retired_v1": ["maintenance"],
         "dbq_update_jobs_v1": ["app"],
         "dbq_update_jobs_v2": ["app"],
     }, table

@@ -15,6 +15,7 @@ from django.db.backends.utils import CursorWrapper
 
 from django_dbq.clock import from_epoch, from_epochs
 from django_dbq.exceptions import DuplicateJobError, JobGoneError
+from django_dbq.seals import sign_retired
 from django_dbq.sqlfiles import bind, load_queries, positional_sql
 
 
@@ -368,9 +369,15 @@ def _append(query: str, events: Sequence[tuple[uuid.UUID, str, str]], using: str
 
 
 def delete_old_jobs(created_before: datetime, using: str = DEFAULT_DB_ALIAS) -> int:
-    """Remove the whole histories of COMPLETE, FAILED and CANCELLED jobs created before a time."""
-    with connections[using].cursor() as cursor:
+    """Remove the whole histories of COMPLETE, FAILED and CANCELLED jobs created before a time.
+
+    The sealed events among them leave retirement records, signed here with
+    settings.DBQ_LEDGER_KEY in the same transaction, so the seals still verify.
+    """
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute(
             *bind(_queries()["events_delete_old_jobs"], {"created_before": created_before})
         )
-        return cursor.fetchone()[0]
+        deleted = cursor.fetchone()[0]
+        sign_retired(cursor)
+        return deleted

@@ -86,6 +86,11 @@ class JobEvent(models.Model):
     kind = models.CharField(max_length=20, choices=EventKind.choices)
     payload = models.JSONField(default=dict)
     at = models.DateTimeField(db_default=ClockTimestamp())
+    # SHA-256(the hash of the job's previous event || this event's canonical
+    # bytes), computed by the database as the event is appended (events/sql/
+    # seals.sql). The table also holds txid, the appending transaction's id,
+    # which the seals read; no model field names it.
+    hash = models.BinaryField(null=True, editable=False)
 
     class Meta:
         ordering = ["job_id", "version"]
@@ -114,6 +119,16 @@ class JobEvent(models.Model):
                 referencing=pgtrigger.Referencing(new="new_events"),
                 # projections/sql/apply.sql, installed by migration 0011.
                 function="dbq_apply_events_v5",
+            ),
+            SqlFunctionTrigger(
+                name="chain_event",
+                level=pgtrigger.Row,
+                when=pgtrigger.Before,
+                operation=pgtrigger.Insert,
+                condition=pgtrigger.Q(new__hash__isnull=True),
+                # events/sql/seals.sql, installed by migration 0017: the hash of
+                # an event appended without one.
+                function="dbq_chain_event_v1",
             ),
         ]
 
@@ -210,4 +225,88 @@ class Schedule(models.Model):
         raise ProjectionWriteError(
             "schedule.save() is refused: django_dbq_schedule is written by the workers "
             "(dbq_enqueue_ticks_v1) as they enqueue ticks."
+        )
+
+
+class Seal(models.Model):
+    """A signed checkpoint of the ledger: every event of the transactions that
+    ended before `xid_to` and after the previous seal's (events/sql/seals.sql).
+
+    Appended only by dbq_seal_ledger_v1 (manage.py seal_ledger, the worker);
+    never changed or removed, retention included.
+    """
+
+    id = models.BigIntegerField(primary_key=True)
+    sealed_at = models.DateTimeField()
+    # The window of transaction ids it covers: [xid_from, xid_to).
+    xid_from = models.BigIntegerField()
+    xid_to = models.BigIntegerField()
+    # Events in the window, events in all windows so far, the highest event id.
+    events = models.BigIntegerField()
+    total_events = models.BigIntegerField()
+    last_event_id = models.BigIntegerField(null=True)
+    # sha256(the previous seal's digest || the digest of its window: dbq_seal_window_v1).
+    digest = models.BinaryField()
+    # HMAC-SHA-256 under settings.DBQ_LEDGER_KEY (django_dbq.seals.seal_message).
+    mac = models.BinaryField()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["xid_to"], name="django_dbq_seal_xid_to")]
+        triggers = [
+            SqlFunctionTrigger(
+                name="protect_seals",
+                level=pgtrigger.Statement,
+                when=pgtrigger.Before,
+                operation=pgtrigger.Update | pgtrigger.Delete | pgtrigger.Truncate,
+                # events/sql/seals.sql, installed by migration 0017.
+                function="dbq_protect_proof_v1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"seal {self.id}: {self.total_events} events up to {self.last_event_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        raise ProjectionWriteError(
+            "seal.save() is refused: seals are appended by manage.py seal_ledger or the "
+            "worker (dbq_seal_ledger_v1)."
+        )
+
+
+class Retired(models.Model):
+    """What retention removed of the events seal `seal_id` covers: their ids and
+    hashes, so the seal still verifies; signed like a seal (events/sql/ledger.sql,
+    dbq_retire_old_jobs_v1). Never changed or removed."""
+
+    id = models.BigAutoField(primary_key=True)
+    seal_id = models.BigIntegerField(db_index=True)
+    retired_at = models.DateTimeField()
+    events = models.BigIntegerField()
+    # Each removed event as its id (8 bytes, big-endian) and hash (32 bytes), in id order.
+    entries = models.BinaryField()
+    # The transaction that wrote it: only that transaction may sign it.
+    txid = models.BigIntegerField()
+    mac = models.BinaryField(null=True)
+
+    class Meta:
+        ordering = ["id"]
+        triggers = [
+            SqlFunctionTrigger(
+                name="protect_retired",
+                level=pgtrigger.Statement,
+                when=pgtrigger.Before,
+                operation=pgtrigger.Update | pgtrigger.Delete | pgtrigger.Truncate,
+                # events/sql/seals.sql, installed by migration 0017.
+                function="dbq_protect_proof_v1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"retired {self.events} events of seal {self.seal_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        raise ProjectionWriteError(
+            "retired.save() is refused: retirement records are appended by retention "
+            "(Job.objects.delete_old())."
         )

@@ -55,8 +55,9 @@ ORDER BY i.n
 RETURNING job_id, version, extract(epoch FROM at)::float8
 
 -- name: events_delete_old_jobs
--- The retention path: whole histories of finished jobs created before a time.
-SELECT dbq_delete_old_jobs_v3(%(created_before)s::timestamptz)
+-- The retention path: whole histories of finished jobs created before a time,
+-- with unsigned retirement records of the sealed events among them (proof.sql).
+SELECT dbq_delete_old_jobs_v4(%(created_before)s::timestamptz)
 
 -- name: jobs_cancel
 -- Cancel jobs: waiting ones at once, running ones after their current task.

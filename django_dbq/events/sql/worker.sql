@@ -206,7 +206,7 @@ BEGIN
     RETURN QUERY
     WITH ready AS (
         SELECT j.id, j.created, j.name, j.next_task, j.workspace, j.queue_name,
-               j.priority, j.run_after, j.version, j.state, j.attempts
+               j.priority, j.run_after, j.version, j.state, j.attempts, j.head
         FROM @schema@.django_dbq_job j
         WHERE j.queue_name = p_queue_name
           AND j.state IN ('NEW', 'READY')
@@ -225,16 +225,27 @@ BEGIN
                    WHERE e.job_id = r.id AND e.version = r.version) END AS last_kind
         FROM ready r
     ), claimed AS (
-        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
-        SELECT p.id, p.version + 1, 'claimed', jsonb_build_object(
-            'worker', p_worker,
-            'host', p_host,
-            'pid', p_pid,
-            'lease_until', until,
-            'lease_key', key_hash,
-            'position', p.position)
-        FROM placed p
-        ORDER BY p.position
+        -- Each event's hash here rather than from the row trigger (seals.sql),
+        -- chained from the head of the job's row, which this claim locks.
+        INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload, at, hash)
+        SELECT c.id, c.version + 1, 'claimed', c.payload, c.at, @schema@.dbq_event_hash_v1(
+            c.head, c.id, c.version + 1, 'claimed'::text, c.payload, c.at)
+        FROM (
+            -- OFFSET 0: each row's time is taken once, in order, for its column and
+            -- its hash.
+            SELECT p.id, p.version, p.head, p.position, clock_timestamp() AS at,
+                   jsonb_build_object(
+                       'worker', p_worker,
+                       'host', p_host,
+                       'pid', p_pid,
+                       'lease_until', until,
+                       'lease_key', key_hash,
+                       'position', p.position) AS payload
+            FROM placed p
+            ORDER BY p.position
+            OFFSET 0
+        ) c
+        ORDER BY c.position
         RETURNING job_id, at
     )
     SELECT p.id, extract(epoch FROM p.created)::float8, extract(epoch FROM c.at)::float8,
@@ -268,7 +279,7 @@ BEGIN
         FROM ROWS FROM (jsonb_to_recordset(events) AS (job_id uuid, kind text, payload jsonb))
             WITH ORDINALITY AS i(job_id, kind, payload, n)
     ), held AS (
-        SELECT j.id, j.version
+        SELECT j.id, j.version, j.head
         FROM @schema@.django_dbq_job j
         WHERE j.id IN (SELECT i.job_id FROM incoming i)
           AND j.lease_key = key_hash
@@ -276,16 +287,25 @@ BEGIN
           AND j.lease_until > now()
         FOR NO KEY UPDATE
     )
-    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload)
-    SELECT i.job_id, h.version + 1, CASE
-        WHEN i.kind IN ('task_done', 'completed', 'failed', 'retried', 'stopping', 'released')
-            THEN i.kind
-        ELSE @schema@.dbq_refuse_worker_kind_v1(i.kind::text)
-        END,
-        i.payload
-    FROM incoming i
-    JOIN held h ON h.id = i.job_id
-    ORDER BY i.n
+    -- Each event's hash here rather than from the row trigger (seals.sql),
+    -- chained from the head of the job's row, which this statement locks.
+    INSERT INTO @schema@.django_dbq_jobevent (job_id, version, kind, payload, at, hash)
+    SELECT o.job_id, o.version, o.kind, o.payload, o.at, @schema@.dbq_event_hash_v1(
+        o.head, o.job_id, o.version, o.kind, o.payload, o.at)
+    FROM (
+        -- OFFSET 0: each row's time is taken once, for its column and its hash.
+        SELECT i.job_id, h.version + 1 AS version, h.head, i.n, i.payload,
+               clock_timestamp() AS at, CASE
+            WHEN i.kind IN ('task_done', 'completed', 'failed', 'retried', 'stopping', 'released')
+                THEN i.kind
+            ELSE @schema@.dbq_refuse_worker_kind_v1(i.kind::text)
+            END AS kind
+        FROM incoming i
+        JOIN held h ON h.id = i.job_id
+        ORDER BY i.n
+        OFFSET 0
+    ) o
+    ORDER BY o.n
     RETURNING job_id;
 END
 $$;

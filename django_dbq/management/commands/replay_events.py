@@ -5,6 +5,7 @@ from argparse import ArgumentTypeError
 from collections import Counter
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
@@ -15,6 +16,7 @@ from django_dbq.projections.replay import (
     replay_events,
     verify_projection,
 )
+from django_dbq.seals import Proof, verify_proof
 
 
 def megabytes(text: str) -> int:
@@ -41,7 +43,8 @@ class Command(BaseCommand):
             "--verify",
             action="store_true",
             help="Rebuild into a scratch table of this session and diff it against the live "
-            "table, reading both in one snapshot and locking nothing; exit 1 on drift.",
+            "table, reading both in one snapshot and locking nothing; recompute every job's "
+            "hash chain and check every seal (DBQ_LEDGER_KEY); exit 1 on drift or tampering.",
         )
         parser.add_argument(
             "--as-of",
@@ -58,6 +61,13 @@ class Command(BaseCommand):
             "payloads, 8x with 2 KB workspaces) "
             f"(default {REPLAY_SLICE_BYTES // 1024 // 1024}).",
         )
+        parser.add_argument(
+            "--since",
+            type=int,
+            metavar="SEAL",
+            help="With --verify: check only the hash chains and seals after this seal, which "
+            "you trust (its mac is still checked); the projection is still compared whole.",
+        )
         parser.add_argument("--database", default="default", help="Database alias.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -72,6 +82,8 @@ class Command(BaseCommand):
 
     def _replay(self, options: dict[str, Any]) -> None:
         started = time.perf_counter()
+        if options["since"] is not None and not options["verify"]:
+            raise CommandError("--since SEAL goes with --verify: replay_events --verify --since 12")
         if options["as_of"]:
             self._print_as_of(parse_when(options["as_of"]), options["database"])
             return
@@ -81,13 +93,17 @@ class Command(BaseCommand):
             return
         result = verify_projection(using=options["database"], slice_bytes=options["slice_bytes"])
         elapsed = time.perf_counter() - started
-        if result.ok:
+        proof = self._verify_proof(options)
+        if result.ok and proof.ok:
             self.stdout.write(
                 f"ok: replaying {result.events} events gives the live projection "
                 f"({result.jobs} jobs) in {elapsed:.2f}s; {result.queue_events} queue events "
                 f"give the live queues ({result.queues} ever paused)"
             )
+            self.stdout.write(f"ok: {self._describe_proof(proof, options['since'])}")
             return
+        for problem in proof.problems:
+            self.stderr.write(f"tampered: {problem}")
         if result.drift_count:
             self.stderr.write(f"drift: {result.drift_count} jobs differ between live and replay")
         for drift in result.drift:
@@ -101,6 +117,29 @@ class Command(BaseCommand):
         for queue_drift in result.queue_drift:
             self.stderr.write(f"  {queue_drift.describe()}")
         raise SystemExit(1)
+
+    def _verify_proof(self, options: dict[str, Any]) -> Proof:
+        try:
+            return verify_proof(using=options["database"], since=options["since"])
+        except (ValueError, ImproperlyConfigured) as exc:
+            raise CommandError(str(exc)) from None
+
+    @staticmethod
+    def _describe_proof(proof: Proof, since: int | None) -> str:
+        if not proof.chained:
+            return "the ledger has no hash chains yet: migrate django_dbq to 0018"
+        after = f" after seal {since}" if since is not None else ""
+        text = f"the hash chains of {proof.events} events{after} hold"
+        if proof.last_seal is None and since is None:
+            return (
+                f"{text}; no seal yet ({proof.unsealed} events unsealed; set DBQ_LEDGER_KEY "
+                "and run seal_ledger, or a worker, to seal them)"
+            )
+        return (
+            f"{text}; {proof.seals} seals verify, the last is seal "
+            f"{proof.last_seal if proof.last_seal is not None else since}; "
+            f"{proof.unsealed} events since are not sealed yet"
+        )
 
     def _print_as_of(self, when: Any, using: str) -> None:
         jobs = projection_as_of(when, using=using)

@@ -1,6 +1,6 @@
 -- The projection's side of the ledger: the state machine, how a set of events
 -- folds into django_dbq_job rows, the ledger's trigger function and the
--- projection's guard. What is installed now (migrations 0011 and 0014); a migration holds
+-- projection's guard. What is installed now (migrations 0011, 0014 and 0017); a migration holds
 -- a frozen copy of what it installed, under migrations/sql/.
 --
 -- @schema@ stands for the app's schema (a quoted identifier); every table,
@@ -147,14 +147,15 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 
 
--- dbq_job_row_v1: the projection row of a `created` event, the one place where
+-- dbq_job_row_v2: the projection row of a `created` event, the one place where
 -- an event's payload becomes a new row. A set-returning SQL function of one row,
 -- so that PostgreSQL inlines it into the INSERT of each caller
--- (`INSERT ... SELECT r.* FROM events e, LATERAL dbq_job_row_v1(...) r`), where
+-- (`INSERT ... SELECT r.* FROM events e, LATERAL dbq_job_row_v2(...) r`), where
 -- it costs what writing the columns out there would. Its columns are the
 -- table's, in the table's order: a migration that adds a column must add it here.
-CREATE OR REPLACE FUNCTION @schema@.dbq_job_row_v1(
-    job_id uuid, version integer, payload jsonb, at timestamptz
+-- `hash` is the event's (seals.sql): the head of the job's chain.
+CREATE OR REPLACE FUNCTION @schema@.dbq_job_row_v2(
+    job_id uuid, version integer, payload jsonb, at timestamptz, hash bytea
 )
 RETURNS SETOF @schema@.django_dbq_job
 LANGUAGE sql STABLE AS $$
@@ -174,7 +175,8 @@ LANGUAGE sql STABLE AS $$
            COALESCE((payload ->> 'attempts')::integer, 0),
            false,
            NULL::varchar,
-           (payload ->> 'unique_key')::varchar
+           (payload ->> 'unique_key')::varchar,
+           hash
 $$;
 
 
@@ -217,8 +219,9 @@ BEGIN
             INSERT INTO @schema@.django_dbq_job
             SELECT r.*
             FROM unnest(events) e,
-                 LATERAL @schema@.dbq_job_row_v1(
-                     e.job_id::uuid, e.version::integer, e.payload::jsonb, e.at::timestamptz) r
+                 LATERAL @schema@.dbq_job_row_v2(
+                     e.job_id::uuid, e.version::integer, e.payload::jsonb, e.at::timestamptz,
+                     e.hash::bytea) r
             WHERE e.kind = 'created'
             RETURNING queue_name, state
         )
@@ -285,7 +288,9 @@ BEGIN
                         THEN j.lease_key
                     END,
                 modified = e.at,
-                version = e.version
+                version = e.version,
+                -- The head of the job's hash chain (seals.sql).
+                head = e.hash
             FROM unnest(events) e
             -- The version test re-checks a row a concurrent writer may have moved on.
             WHERE j.id = e.job_id AND e.kind <> 'created' AND j.version = e.version - 1
@@ -349,8 +354,9 @@ BEGIN
             INSERT INTO @schema@.django_dbq_job
             SELECT r.*
             FROM new_events e,
-                 LATERAL @schema@.dbq_job_row_v1(
-                     e.job_id::uuid, e.version::integer, e.payload::jsonb, e.at::timestamptz) r
+                 LATERAL @schema@.dbq_job_row_v2(
+                     e.job_id::uuid, e.version::integer, e.payload::jsonb, e.at::timestamptz,
+                     e.hash::bytea) r
             RETURNING queue_name, state
         )
         SELECT array_agg(DISTINCT queue_name::text) FILTER (WHERE state IN ('NEW', 'READY'))

@@ -1,0 +1,74 @@
+-- Named statements of the ledger's proof (django_dbq/seals.py): sealing,
+-- signing retirement records, verifying chains and seals. The functions they
+-- call are in sql/seals.sql.
+
+-- name: chained
+-- Whether the database has the hash chains and seals (migration 0017).
+SELECT to_regclass('django_dbq_seal') IS NOT NULL
+
+-- name: prepare_seal
+SELECT id, xid_from, xid_to, events, total_events, last_event_id, digest, prev_mac
+FROM dbq_prepare_seal_v1()
+
+-- name: seal
+SELECT dbq_seal_ledger_v1(%(id)s::bigint, %(xid_to)s::bigint, %(digest)s::bytea, %(mac)s::bytea)
+
+-- name: unsigned_retired
+-- The retirement records this transaction wrote (retention), to sign.
+SELECT id, seal_id, events, sha256(entries)
+FROM django_dbq_retired
+WHERE mac IS NULL AND txid = pg_current_xact_id()::text::bigint
+ORDER BY id
+
+-- name: sign_retired
+SELECT dbq_sign_retired_v1(%(ids)s::bigint[], %(macs)s::bytea[])
+
+-- name: chain_breaks
+-- The first events, by id, whose hash is not the one their job's chain gives
+-- (a missing hash, a rewritten event, an event whose previous one is gone),
+-- among those of transactions from `since_xid` on.
+SELECT e.id, e.job_id, e.version, e.kind, e.hash IS NULL AS unhashed,
+       e.version > 1 AND p.id IS NULL AS orphan
+FROM django_dbq_jobevent e
+LEFT JOIN django_dbq_jobevent p ON p.job_id = e.job_id AND p.version = e.version - 1
+WHERE e.txid >= %(since_xid)s
+  AND (e.hash IS NULL
+       OR (e.version > 1 AND p.id IS NULL)
+       OR e.hash <> dbq_event_hash_v1(p.hash, e.job_id, e.version::integer, e.kind::text,
+                                      e.payload, e.at))
+ORDER BY e.id
+LIMIT %(limit)s
+
+-- name: chain_events
+-- How many events the chain check read (those of transactions from `since_xid` on).
+SELECT count(*) FROM django_dbq_jobevent e WHERE e.txid >= %(since_xid)s
+
+-- name: head_breaks
+-- Jobs whose projection row does not hold the hash of their last event.
+SELECT j.id, j.version
+FROM django_dbq_job j
+LEFT JOIN django_dbq_jobevent e ON e.job_id = j.id AND e.version = j.version
+WHERE j.head IS DISTINCT FROM e.hash
+ORDER BY j.id
+LIMIT %(limit)s
+
+-- name: seals_from
+SELECT id, sealed_at, xid_from, xid_to, events, total_events, last_event_id, digest, mac
+FROM django_dbq_seal
+WHERE id >= %(first)s
+ORDER BY id
+
+-- name: seal_window
+-- What a seal's window holds now (events, retirement records).
+SELECT events, last_event_id, digest, unhashed
+FROM dbq_seal_window_v1(%(id)s::bigint, %(xid_from)s::bigint, %(xid_to)s::bigint)
+
+-- name: retired_from
+SELECT id, seal_id, events, sha256(entries), mac
+FROM django_dbq_retired
+WHERE seal_id >= %(first)s
+ORDER BY id
+
+-- name: unsealed
+-- Events of transactions not yet sealed: after the last seal.
+SELECT count(*) FROM django_dbq_jobevent e WHERE e.txid >= %(since_xid)s OR e.txid IS NULL
