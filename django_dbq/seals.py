@@ -169,6 +169,9 @@ class Proof:
 def verify_proof(using: str = DEFAULT_DB_ALIAS, since: int | None = None) -> Proof:
     """Recompute every job's hash chain and check every seal and retirement record.
 
+    The projection's heads are compared with the chains by verify_projection
+    (the replayed rows hold the hash of each job's last event).
+
     With `since`, a seal the caller trusts: only the events of later
     transactions and the later seals are checked (that seal's own mac still is).
     Reads in one snapshot (REPEATABLE READ, read only) and locks nothing; inside
@@ -193,8 +196,6 @@ def verify_proof(using: str = DEFAULT_DB_ALIAS, since: int | None = None) -> Pro
             )
         since_xid = seals[0][3] if since is not None else 0
         _check_chains(cursor, queries, since_xid, proof)
-        if since is None:
-            _check_heads(cursor, queries, proof)
         if seals:
             _check_seals(cursor, queries, seals, since, proof)
             last_xid = seals[-1][3]
@@ -214,8 +215,10 @@ def _read_seals(cursor: Any, queries: dict[str, str], since: int | None) -> list
 
 
 def _check_chains(cursor: Any, queries: dict[str, str], since_xid: int, proof: Proof) -> None:
-    cursor.execute(*bind(queries["chain_events"], {"since_xid": since_xid}))
-    proof.events = cursor.fetchone()[0]
+    cursor.execute(*bind(queries["chain_check"], {"since_xid": since_xid}))
+    proof.events, broken = cursor.fetchone()
+    if not broken:
+        return
     cursor.execute(*bind(queries["chain_breaks"], {"since_xid": since_xid, "limit": LISTED}))
     for event_id, job_id, version, kind, unhashed, orphan in cursor.fetchall():
         if unhashed:
@@ -225,14 +228,8 @@ def _check_chains(cursor: Any, queries: dict[str, str], since_xid: int, proof: P
         else:
             why = "does not match its chain: it, or an earlier event of the job, was rewritten"
         proof.problems.append(f"job {job_id} event {version} ({kind}, id {event_id}) {why}")
-
-
-def _check_heads(cursor: Any, queries: dict[str, str], proof: Proof) -> None:
-    cursor.execute(*bind(queries["head_breaks"], {"limit": LISTED}))
-    for job_id, version in cursor.fetchall():
-        proof.problems.append(
-            f"job {job_id}: the projection's head is not the hash of its event {version}"
-        )
+    if broken > LISTED:
+        proof.problems.append(f"... and {broken - LISTED} more events whose hash does not hold")
 
 
 def _check_seals(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -85,10 +85,12 @@ def test_every_append_path__chains_each_event_to_the_previous_one_of_its_job():
             cursor.execute("SELECT head FROM django_dbq_job WHERE id = %s", [job.pk])
             assert bytes(cursor.fetchone()[0]) == bytes(last.hash)
     first = events[0]
-    canonical = (f"{first.job_id} 1 created {round(first.at.timestamp() * 1_000_000)} ").encode()
+    since_2000 = first.at - datetime(2000, 1, 1, tzinfo=UTC)
+    micros = (since_2000.days * 86400 + since_2000.seconds) * 1_000_000 + since_2000.microseconds
+    canonical = first.job_id.bytes + (1).to_bytes(4, "big") + micros.to_bytes(8, "big")
     with connection.cursor() as cursor:
         cursor.execute("SELECT payload::text FROM django_dbq_jobevent WHERE id = %s", [first.id])
-        canonical += cursor.fetchone()[0].encode()
+        canonical += f"created {cursor.fetchone()[0]}".encode()
     assert bytes(first.hash) == hashlib.sha256(canonical).digest()
     assert verify_proof().ok
 
@@ -351,3 +353,23 @@ def test_worker__seals_every_dbq_seal_seconds():
 def test_a_short_key__is_refused_with_how_to_make_one():
     with pytest.raises(ImproperlyConfigured, match="at least 16 bytes.*secrets.token_hex"):
         seal_ledger()
+
+
+@pytest.mark.parametrize(
+    "overrides, code, text",
+    [
+        ({"DBQ_LEDGER_KEY": "short"}, "django_dbq.E017", "at least 16 bytes"),
+        ({"DBQ_LEDGER_KEY": 12345678901234567890}, "django_dbq.E017", "text or bytes"),
+        ({"DBQ_SEAL_SECONDS": "soon"}, "django_dbq.E018", "DBQ_SEAL_SECONDS is 'soon'"),
+        ({"DBQ_SEAL_SECONDS": -1}, "django_dbq.E018", "DBQ_SEAL_SECONDS is -1"),
+    ],
+)
+def test_check__refuses_a_bad_key_or_seal_interval(overrides, code, text):
+    from django_dbq.checks import check_ledger_key
+
+    with override_settings(**overrides):
+        errors = check_ledger_key()
+    assert [e.id for e in errors] == [code]
+    assert text in errors[0].msg
+    with override_settings(DBQ_LEDGER_KEY=KEY, DBQ_SEAL_SECONDS=30):
+        assert check_ledger_key() == []

@@ -23,10 +23,24 @@ ORDER BY id
 -- name: sign_retired
 SELECT dbq_sign_retired_v1(%(ids)s::bigint[], %(macs)s::bytea[])
 
+-- name: chain_check
+-- How many events of transactions from `since_xid` on the chain check read, and
+-- how many of them have a hash that is not the one their job's chain gives (a
+-- missing hash, a rewritten event, an event whose previous one is gone). One
+-- read of the ledger and one of its (job_id, version) pairs, in parallel where
+-- the server allows it (plain aggregates, functions PARALLEL SAFE).
+SELECT count(*),
+       count(*) FILTER (WHERE
+           e.hash IS NULL
+           OR (e.version > 1 AND p.id IS NULL)
+           OR e.hash <> dbq_event_hash_v1(p.hash, e.job_id, e.version::integer, e.kind::text,
+                                          e.payload, e.at))
+FROM django_dbq_jobevent e
+LEFT JOIN django_dbq_jobevent p ON p.job_id = e.job_id AND p.version = e.version - 1
+WHERE e.txid >= %(since_xid)s
+
 -- name: chain_breaks
--- The first events, by id, whose hash is not the one their job's chain gives
--- (a missing hash, a rewritten event, an event whose previous one is gone),
--- among those of transactions from `since_xid` on.
+-- The first of those events, by id (read only when there are some).
 SELECT e.id, e.job_id, e.version, e.kind, e.hash IS NULL AS unhashed,
        e.version > 1 AND p.id IS NULL AS orphan
 FROM django_dbq_jobevent e
@@ -37,19 +51,6 @@ WHERE e.txid >= %(since_xid)s
        OR e.hash <> dbq_event_hash_v1(p.hash, e.job_id, e.version::integer, e.kind::text,
                                       e.payload, e.at))
 ORDER BY e.id
-LIMIT %(limit)s
-
--- name: chain_events
--- How many events the chain check read (those of transactions from `since_xid` on).
-SELECT count(*) FROM django_dbq_jobevent e WHERE e.txid >= %(since_xid)s
-
--- name: head_breaks
--- Jobs whose projection row does not hold the hash of their last event.
-SELECT j.id, j.version
-FROM django_dbq_job j
-LEFT JOIN django_dbq_jobevent e ON e.job_id = j.id AND e.version = j.version
-WHERE j.head IS DISTINCT FROM e.hash
-ORDER BY j.id
 LIMIT %(limit)s
 
 -- name: seals_from

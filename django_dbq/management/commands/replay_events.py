@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import threading
 import time
 from argparse import ArgumentTypeError
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from django_dbq.management.selection import parse_when
 from django_dbq.projections.replay import (
@@ -91,9 +93,14 @@ class Command(BaseCommand):
             events = replay_events(using=options["database"], slice_bytes=options["slice_bytes"])
             self.stdout.write(f"replayed {events} events in {time.perf_counter() - started:.2f}s")
             return
-        result = verify_projection(using=options["database"], slice_bytes=options["slice_bytes"])
+        proof = self._verify_beside(
+            options,
+            lambda: verify_projection(
+                using=options["database"], slice_bytes=options["slice_bytes"]
+            ),
+        )
+        result = self._projection_result
         elapsed = time.perf_counter() - started
-        proof = self._verify_proof(options)
         if result.ok and proof.ok:
             self.stdout.write(
                 f"ok: replaying {result.events} events gives the live projection "
@@ -117,6 +124,38 @@ class Command(BaseCommand):
         for queue_drift in result.queue_drift:
             self.stderr.write(f"  {queue_drift.describe()}")
         raise SystemExit(1)
+
+    def _verify_beside(self, options: dict[str, Any], rebuild: Callable[[], Any]) -> Proof:
+        """The chains and seals checked while `rebuild` compares the projection.
+
+        Outside a transaction the check runs on a connection of its own, in a
+        thread, at the same time as the rebuild (each reads its own snapshot);
+        inside one it runs after, in the caller's transaction, which may hold
+        events no other connection sees yet.
+        """
+        using = options["database"]
+        if connections[using].in_atomic_block:
+            self._projection_result = rebuild()
+            return self._verify_proof(options)
+        found: dict[str, Any] = {}
+
+        def check() -> None:
+            try:
+                found["proof"] = self._verify_proof(options)
+            except BaseException as exc:  # re-raised in the command's thread
+                found["error"] = exc
+            finally:
+                connections[using].close()
+
+        thread = threading.Thread(target=check, name="dbq-verify-proof")
+        thread.start()
+        try:
+            self._projection_result = rebuild()
+        finally:
+            thread.join()
+        if "error" in found:
+            raise found["error"]
+        return found["proof"]
 
     def _verify_proof(self, options: dict[str, Any]) -> Proof:
         try:

@@ -24,22 +24,21 @@
 -- dbq_event_hash_text_v1: the hash of an event given the hash of the job's
 -- previous event (ignored for a job's first: it chains from the empty string;
 -- NULL when unknown, and the hash is then NULL) and its payload as jsonb prints
--- it. The canonical bytes are the UTF-8 text `job_id version kind at payload`:
--- the id in its standard form, `at` as whole microseconds since the Unix
--- epoch, the payload's keys sorted with one space after each separator, so
--- the database computes the same bytes for an event whenever it reads it. The
--- one definition of an event's hash; inlined where it is used.
+-- it. The canonical bytes of an event are its job id (16 bytes), its version
+-- (4 bytes), its time (8 bytes: microseconds since 2000-01-01 UTC; the three
+-- big-endian, as PostgreSQL sends them in binary), then its kind, a space and
+-- its payload in UTF-8, the payload's keys sorted as jsonb prints them: the
+-- database computes the same bytes for an event whenever it reads it. The one
+-- definition of an event's hash; inlined where it is used.
 CREATE OR REPLACE FUNCTION @schema@.dbq_event_hash_text_v1(
     prev bytea, job_id uuid, version integer, kind text, payload text, at timestamptz
 )
 RETURNS bytea
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT sha256(
         CASE WHEN version = 1 THEN '\x'::bytea ELSE prev END
-        || convert_to(
-            job_id::text || ' ' || version::text || ' ' || kind || ' '
-            || (extract(epoch FROM at) * 1000000)::bigint::text || ' ' || payload,
-            'UTF8'))
+        || uuid_send(job_id) || int4send(version) || timestamptz_send(at)
+        || convert_to(kind || ' ' || payload, 'UTF8'))
 $$;
 
 
@@ -48,7 +47,7 @@ CREATE OR REPLACE FUNCTION @schema@.dbq_event_hash_v1(
     prev bytea, job_id uuid, version integer, kind text, payload jsonb, at timestamptz
 )
 RETURNS bytea
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT @schema@.dbq_event_hash_text_v1(prev, job_id, version, kind, payload::text, at)
 $$;
 
