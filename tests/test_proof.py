@@ -373,3 +373,32 @@ def test_check__refuses_a_bad_key_or_seal_interval(overrides, code, text):
     assert text in errors[0].msg
     with override_settings(DBQ_LEDGER_KEY=KEY, DBQ_SEAL_SECONDS=30):
         assert check_ledger_key() == []
+
+
+def test_migration_0018__hashes_an_older_ledger_and_events_appended_to_it_since(monkeypatch):
+    import importlib
+    from types import SimpleNamespace
+
+    from django_dbq.projections.replay import verify_projection
+
+    backfill = importlib.import_module("django_dbq.migrations.0018_hash_old_events")
+    jobs = run_jobs(3)
+    waiting = Job.objects.create(name="testjob")
+    # The ledger as 0017 finds it: no hashes, no transaction ids, no heads.
+    forge("UPDATE django_dbq_jobevent SET hash = NULL, txid = NULL")
+    forge("UPDATE django_dbq_job SET head = NULL")
+    # Appended after 0017, before 0018 reaches the job: the previous hash is
+    # unknown, so the new event's is too (the trigger's path and the claim's).
+    jobs[0].priority = 4
+    jobs[0].save()
+    Worker(burst=True, handle_signals=False).run()
+    assert JobEvent.objects.filter(job_id=jobs[0].pk, version=4).get().hash is None
+    assert JobEvent.objects.filter(job_id=waiting.pk, version=2).get().hash is None
+
+    monkeypatch.setattr(backfill, "BATCH_JOBS", 2)
+    backfill.hash_old_events(None, SimpleNamespace(connection=connection))
+
+    assert not JobEvent.objects.filter(hash__isnull=True).exists()
+    for event in JobEvent.objects.all():
+        assert bytes(event.hash) == recomputed(event.id)
+    assert verify_proof().ok and verify_projection().ok

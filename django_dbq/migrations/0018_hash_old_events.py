@@ -72,6 +72,11 @@ def hash_old_events(apps, schema_editor):
         with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
             cursor.execute(f'ALTER TABLE django_dbq_jobevent DISABLE TRIGGER "{guard}"')
             cursor.execute("SELECT set_config('dbq.applying', 'on', true)")
+            # Each round of the chain looks up the next events by (job_id,
+            # version); a hash of the whole ledger per round (the planner's
+            # guess for a recursive query) costs a read of it each time.
+            cursor.execute("SET LOCAL enable_hashjoin = off")
+            cursor.execute("SET LOCAL enable_mergejoin = off")
             cursor.execute(CHAIN, {"after": after, "job_ids": job_ids, "size": BATCH_JOBS})
             last, count = cursor.fetchone()
             cursor.execute(f'ALTER TABLE django_dbq_jobevent ENABLE TRIGGER "{guard}"')
