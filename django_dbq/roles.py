@@ -76,8 +76,8 @@ WORKER_FUNCTIONS = (
     # Enqueue the due ticks of the schedules of settings.JOBS (periodic jobs).
     "dbq_enqueue_ticks_v1(text, jsonb)",
     # Seal the ledger (DBQ_SEAL_SECONDS); the mac is the worker's.
-    "dbq_prepare_seal_v1()",
-    "dbq_seal_ledger_v1(bigint, bigint, bytea, bytea)",
+    "dbq_prepare_seal_v1(integer)",
+    "dbq_sign_seal_v1(bigint, bytea)",
     # A task may enqueue more jobs.
     "dbq_create_job_v2(uuid, jsonb)",
     "dbq_create_jobs_v2(jsonb)",
@@ -100,8 +100,8 @@ RETENTION_FUNCTIONS = (
     # Signs the retirement records of the sealed events retention removed.
     "dbq_sign_retired_v1(bigint[], bytea[])",
     # manage.py seal_ledger.
-    "dbq_prepare_seal_v1()",
-    "dbq_seal_ledger_v1(bigint, bigint, bytea, bytea)",
+    "dbq_prepare_seal_v1(integer)",
+    "dbq_sign_seal_v1(bigint, bytea)",
     # Superseded by migration 0017 (it keeps sealed jobs), kept for the previous
     # release's processes while a rolling deploy replaces them.
     "dbq_delete_old_jobs_v3(timestamptz)",
@@ -119,7 +119,6 @@ AUDIT_FUNCTIONS = (
     # The ledger's proof (verify recomputes hashes and seals' windows).
     "dbq_event_hash_text_v1(bytea, uuid, integer, text, text, timestamptz)",
     "dbq_event_hash_v1(bytea, uuid, integer, text, jsonb, timestamptz)",
-    "dbq_xmin_v1()",
     "dbq_seal_window_v1(bigint, bigint, bigint)",
     "dbq_time_v1(text)",
     "dbq_refuse_time_v1(text)",

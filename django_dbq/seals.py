@@ -9,6 +9,7 @@ sealed event without `verify_proof` naming the seal that no longer matches.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import logging
@@ -19,7 +20,16 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
+from django_dbq.exceptions import DbqError
 from django_dbq.sqlfiles import bind, load_queries
+
+
+def _pin_search_path(cursor: Any) -> None:
+    # The audit reads' pin; imported here, as the projections import this module.
+    from django_dbq.projections.replay import _pin_search_path as pin_audit_read
+
+    pin_audit_read(cursor)
+
 
 logger = logging.getLogger("django_dbq.seals")
 
@@ -74,18 +84,19 @@ def _mac(key: bytes, message: bytes) -> bytes:
 
 def seal_message(
     seal_id: int,
-    xid_from: int,
-    xid_to: int,
+    sealed_at: datetime.datetime,
+    after_event_id: int,
+    last_event_id: int,
     events: int,
     total_events: int,
-    last_event_id: int | None,
     digest: bytes,
     prev_mac: bytes,
 ) -> bytes:
     """The bytes a seal's mac signs: all it says, and the previous seal's mac."""
+    at = sealed_at.astimezone(datetime.UTC).isoformat(timespec="microseconds")
     return (
-        f"django_dbq seal v1 {seal_id} {xid_from} {xid_to} {events} {total_events} "
-        f"{last_event_id if last_event_id is not None else '-'} {digest.hex()} {prev_mac.hex()}"
+        f"django_dbq seal v1 {seal_id} {at} {after_event_id} {last_event_id} {events} "
+        f"{total_events} {digest.hex()} {prev_mac.hex()}"
     ).encode()
 
 
@@ -103,32 +114,46 @@ class Sealed:
     id: int
     events: int
     total_events: int
-    last_event_id: int | None
+    last_event_id: int
+    digest: bytes
 
 
-def seal_ledger(using: str = DEFAULT_DB_ALIAS) -> Sealed | None:
+# How long a worker's seal waits for another sealer and for the appends in
+# flight before it gives up until its next turn; the command waits longer.
+WORKER_WAIT_MS = 200
+COMMAND_WAIT_MS = 10_000
+
+
+def seal_ledger(using: str = DEFAULT_DB_ALIAS, wait_ms: int = COMMAND_WAIT_MS) -> Sealed | None:
     """Append a seal over every event committed since the last one; None when there is none.
 
-    Sealers follow each other (the seals' table lock); a long open transaction
-    anywhere on the server holds back what a seal covers (nothing still in
-    flight is ever sealed), never what it proves.
+    The seal covers event ids up to the highest one below which no append is in
+    flight: the database waits at most `wait_ms` for the transactions appending
+    now to end, holding off new appends meanwhile, and for another sealer
+    (lock_not_available, a DatabaseError, after). It appends the seal and this
+    process signs it in the same transaction.
     """
     key = require_key("Sealing the ledger")
     queries = _queries()
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        cursor.execute(queries["prepare_seal"])
+    connection = connections[using]
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        if outermost:
+            # The database takes a seal in READ COMMITTED only.
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cursor.execute(*bind(queries["prepare_seal"], {"wait_ms": wait_ms}))
         row = cursor.fetchone()
         if row is None:
             return None
-        seal_id, xid_from, xid_to, events, total, last_id, digest, prev_mac = row
+        seal_id, at, after_id, last_id, events, total, digest, prev_mac = row
         digest, prev_mac = bytes(digest), bytes(prev_mac)
         mac = _mac(
-            key, seal_message(seal_id, xid_from, xid_to, events, total, last_id, digest, prev_mac)
+            key, seal_message(seal_id, at, after_id, last_id, events, total, digest, prev_mac)
         )
-        cursor.execute(
-            *bind(queries["seal"], {"id": seal_id, "xid_to": xid_to, "digest": digest, "mac": mac})
-        )
-    return Sealed(seal_id, events, total, last_id)
+        cursor.execute(*bind(queries["sign_seal"], {"id": seal_id, "mac": mac}))
+        if not cursor.fetchone()[0]:
+            raise DbqError(f"django_dbq: seal {seal_id} could not be signed")
+    return Sealed(seal_id, events, total, last_id, digest)
 
 
 def sign_retired(cursor: Any) -> int:
@@ -166,14 +191,18 @@ class Proof:
         return not self.problems
 
 
-def verify_proof(using: str = DEFAULT_DB_ALIAS, since: int | None = None) -> Proof:
+def verify_proof(
+    using: str = DEFAULT_DB_ALIAS, since: int | None = None, since_digest: str | None = None
+) -> Proof:
     """Recompute every job's hash chain and check every seal and retirement record.
 
     The projection's heads are compared with the chains by verify_projection
     (the replayed rows hold the hash of each job's last event).
 
-    With `since`, a seal the caller trusts: only the events of later
-    transactions and the later seals are checked (that seal's own mac still is).
+    With `since`, a seal the caller trusts: only the later events and seals are
+    checked (that seal's own mac still is), and with `since_digest` (the start of
+    the digest seal_ledger printed for it, kept apart from the database) that
+    the seal is still the one the caller kept.
     Reads in one snapshot (REPEATABLE READ, read only) and locks nothing; inside
     a caller's transaction, in that transaction's snapshots.
     """
@@ -184,9 +213,12 @@ def verify_proof(using: str = DEFAULT_DB_ALIAS, since: int | None = None) -> Pro
     with transaction.atomic(using=using), connection.cursor() as cursor:
         if outermost:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # No TEMP table of the session stands in for a table of the app's schema.
+        _pin_search_path(cursor)
         cursor.execute(queries["chained"])
         if not cursor.fetchone()[0]:
             proof.chained = False
+            transaction.set_rollback(True, using)
             return proof
         seals = _read_seals(cursor, queries, since)
         if since is not None and (not seals or seals[0][0] != since):
@@ -194,34 +226,44 @@ def verify_proof(using: str = DEFAULT_DB_ALIAS, since: int | None = None) -> Pro
                 f"there is no seal {since}; list the seals with: "
                 "python manage.py seal_ledger --list"
             )
-        since_xid = seals[0][3] if since is not None else 0
-        _check_chains(cursor, queries, since_xid, proof)
+        if since is not None and since_digest is not None:
+            if not seals[0][6].hex().startswith(since_digest.lower()):
+                proof.problems.append(
+                    f"seal {since}'s digest is not the {since_digest} you kept: the seals "
+                    "were removed and taken again over a rewritten history"
+                )
+        since_id = seals[0][3] if since is not None else None
+        _check_chains(cursor, queries, since_id, proof)
         if seals:
             _check_seals(cursor, queries, seals, since, proof)
-            last_xid = seals[-1][3]
+            last_id = seals[-1][3]
         else:
-            last_xid = 0
-        cursor.execute(*bind(queries["unsealed"], {"since_xid": last_xid}))
+            last_id = 0
+        cursor.execute(*bind(queries["unsealed"], {"since_id": last_id}))
         proof.unsealed = cursor.fetchone()[0]
+        # Read only; rolling back its savepoint also takes back the pinned path.
+        transaction.set_rollback(True, using)
     return proof
 
 
 def _read_seals(cursor: Any, queries: dict[str, str], since: int | None) -> list[tuple[Any, ...]]:
     cursor.execute(*bind(queries["seals_from"], {"first": since if since is not None else 0}))
     return [
-        (sid, at, xf, xt, n, total, last, bytes(digest), bytes(mac))
-        for sid, at, xf, xt, n, total, last, digest, mac in cursor.fetchall()
+        (sid, at, after, last, n, total, bytes(digest), bytes(mac) if mac is not None else None)
+        for sid, at, after, last, n, total, digest, mac in cursor.fetchall()
     ]
 
 
-def _check_chains(cursor: Any, queries: dict[str, str], since_xid: int, proof: Proof) -> None:
-    cursor.execute(*bind(queries["chain_check"], {"since_xid": since_xid}))
+def _check_chains(cursor: Any, queries: dict[str, str], since_id: int | None, proof: Proof) -> None:
+    cursor.execute(*bind(queries["chain_check"], {"since_id": since_id}))
     proof.events, broken = cursor.fetchone()
     if not broken:
         return
-    cursor.execute(*bind(queries["chain_breaks"], {"since_xid": since_xid, "limit": LISTED}))
-    for event_id, job_id, version, kind, unhashed, orphan in cursor.fetchall():
-        if unhashed:
+    cursor.execute(*bind(queries["chain_breaks"], {"since_id": since_id, "limit": LISTED}))
+    for event_id, job_id, version, kind, unhashed, orphan, unsealable in cursor.fetchall():
+        if unsealable:
+            why = "has an id no append gives (below 1): no seal covers it"
+        elif unhashed:
             why = "has no hash (run manage.py migrate django_dbq to the end)"
         elif orphan:
             why = f"follows no event {version - 1}: the job's earlier history was removed"
@@ -256,48 +298,45 @@ def _check_seals(
             )
     prev: tuple[Any, ...] | None = None
     for seal in seals:
-        sid, _at, xid_from, xid_to, events, total, last_id, digest, mac = seal
-        prev_mac = prev[8] if prev is not None else b""
-        if sid == since:
+        sid, at, after_id, last_id, events, total, digest, mac = seal
+        prev_mac = prev[7] if prev is not None else b""
+        if sid == since and sid > 1:
             # Trusted: its window is not recounted, its mac still checked.
-            if prev is None and sid > 1:
-                cursor.execute(*bind(queries["seals_from"], {"first": sid - 1}))
-                before = cursor.fetchone()
-                prev_mac = bytes(before[8]) if before is not None else b""
+            cursor.execute(*bind(queries["seals_from"], {"first": sid - 1}))
+            before = cursor.fetchone()
+            prev_mac = bytes(before[7]) if before is not None and before[7] is not None else b""
         expected = _mac(
-            key, seal_message(sid, xid_from, xid_to, events, total, last_id, digest, prev_mac)
+            key, seal_message(sid, at, after_id, last_id, events, total, digest, prev_mac)
         )
-        if not hmac.compare_digest(mac, expected):
+        # Each finding is reported and the check goes on from the seal as it
+        # stands, so one bad seal does not hide what comes after it.
+        if mac is None or not hmac.compare_digest(mac, expected):
             proof.problems.append(
                 f"seal {sid} is not signed with {KEY_SETTING}: it was forged or changed, "
                 "a seal before it was removed, or the key changed"
             )
-            return
-        if prev is not None and (sid != prev[0] + 1 or xid_from != prev[3]):
+        if prev is not None and (sid != prev[0] + 1 or after_id != prev[3]):
             proof.problems.append(f"seal {sid} does not follow seal {prev[0]}")
-            return
-        if prev is None and since is None and (sid != 1 or xid_from != 0):
+        if prev is None and since is None and (sid != 1 or after_id != 0):
             proof.problems.append(f"seal {sid} is the first one left: seals before it were removed")
-            return
         if sid != since:
             cursor.execute(
-                *bind(queries["seal_window"], {"id": sid, "xid_from": xid_from, "xid_to": xid_to})
+                *bind(queries["seal_window"], {"id": sid, "after_id": after_id, "last_id": last_id})
             )
             now_events, now_last, window, _unhashed = cursor.fetchone()
-            prev_digest = prev[7] if prev is not None else b""
+            prev_digest = prev[6] if prev is not None else b""
             if hashlib.sha256(prev_digest + bytes(window)).digest() != digest:
                 proof.problems.append(_seal_mismatch(seal, now_events, now_last))
-                return
         proof.seals += 1
         proof.last_seal = sid
         prev = seal
 
 
 def _seal_mismatch(seal: tuple[Any, ...], now_events: int, now_last: int | None) -> str:
-    sid, at, _xf, _xt, events, _total, last_id = seal[:7]
+    sid, at, _after, last_id, events = seal[:5]
     said = f"seal {sid} ({at:%Y-%m-%d %H:%M:%S}) covered {events} events up to id {last_id}"
     if now_events < events:
         return f"{said}; {now_events} of them are left: {events - now_events} events were removed"
     if now_events > events:
-        return f"{said}; its window now holds {now_events}: events were added to it"
+        return f"{said}; it now holds {now_events}: events were added among them"
     return f"{said}; they are all there, and one of them was rewritten"

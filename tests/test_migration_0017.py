@@ -29,12 +29,13 @@ CHANGED_BY_0017 = (
 )
 NEW = (
     "dbq_chain_event_v1",
+    "dbq_require_mac_v1",
     "dbq_protect_proof_v1",
     "dbq_sign_retired_v1",
-    "dbq_seal_ledger_v1",
+    "dbq_sign_seal_v1",
     "dbq_prepare_seal_v1",
     "dbq_seal_window_v1",
-    "dbq_xmin_v1",
+    "dbq_committed_event_id_v1",
     "dbq_event_hash_v1",
     "dbq_event_hash_text_v1",
     "dbq_delete_old_jobs_v4",
@@ -42,6 +43,8 @@ NEW = (
     "dbq_job_row_v2",
     # pgtrigger's stubs of the new triggers.
     "pgtrigger_chain_event_d15a4",
+    "pgtrigger_retired_signed_ff234",
+    "pgtrigger_seal_signed_37b7d",
     "pgtrigger_protect_retired_40c35",
     "pgtrigger_protect_seals_cb6b2",
 )
@@ -84,8 +87,7 @@ def test_0017_0018__hash_an_older_ledger_that_then_verifies_seals_and_goes_back(
     migrate(at_0016)
     with at_0016.connect("owner") as owner:
         assert owner.execute(
-            "SELECT count(*) FILTER (WHERE hash IS NULL OR txid IS NULL), count(*)"
-            " FROM django_dbq_jobevent"
+            "SELECT count(*) FILTER (WHERE hash IS NULL), count(*) FROM django_dbq_jobevent"
         ).fetchone() == (0, 7)
         assert owner.execute(
             "SELECT count(*) FROM django_dbq_job j JOIN django_dbq_jobevent e"

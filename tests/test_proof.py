@@ -126,18 +126,22 @@ def test_seal__covers_every_committed_event_once_and_verifies():
 
 
 @keyed
-def test_seal__leaves_out_an_event_whose_transaction_is_still_open():
+def test_seal__covers_what_committed_before_it_and_nothing_still_in_flight():
     Job.objects.create(name="testjob")
     params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
     with psycopg.connect(**params) as other:
         other.execute('SELECT dbq_create_job_v2(gen_random_uuid(), \'{"name": "testjob"}\')')
-        # Open, and holding an event id below the next ones.
-        Job.objects.create(name="testjob")
-        sealed = seal_ledger()
-        assert sealed.events == 1  # the first job only: the open transaction holds back the rest
+        sealing = threading.Thread(target=lambda: (seal_ledger(), connection.close()))
+        sealing.start()
+        sealing.join(0.5)
+        assert sealing.is_alive()  # waits for the append in flight to end
         other.commit()
-    sealed = seal_ledger()
-    assert sealed.events == 2 and sealed.total_events == 3
+        sealing.join()
+    sealed = Seal.objects.get()
+    assert sealed.events == 2
+    assert sealed.last_event_id == JobEvent.objects.order_by("-id").first().id
+    Job.objects.create(name="testjob")
+    assert seal_ledger().total_events == 3
     assert verify_proof().ok
 
 
@@ -302,17 +306,37 @@ def test_retention_without_seals__works_as_before():
 
 
 @keyed
-def test_seal_function__refuses_a_digest_the_events_do_not_give():
+def test_seal__is_signed_only_by_the_transaction_that_appends_it():
     run_jobs(1)
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT id, xid_to FROM dbq_prepare_seal_v1()")
-        seal_id, xid_to = cursor.fetchone()
-        with pytest.raises(DatabaseError, match="digest is not that of the events"):
-            cursor.execute(
-                "SELECT dbq_seal_ledger_v1(%s, %s, %s, %s)",
-                [seal_id, xid_to, b"\0" * 32, b"\0" * 32],
-            )
-    assert not Seal.objects.exists()
+        cursor.execute("SELECT id FROM dbq_prepare_seal_v1(1000)")
+        (seal_id,) = cursor.fetchone()
+        with pytest.raises(DatabaseError, match="an HMAC-SHA-256"):
+            with transaction.atomic():
+                cursor.execute("SELECT dbq_sign_seal_v1(%s, %s)", [seal_id, b"\0" * 31])
+        cursor.execute("SELECT dbq_sign_seal_v1(%s, %s)", [seal_id, b"\0" * 32])
+        assert cursor.fetchone()[0] is True
+        cursor.execute("SELECT dbq_sign_seal_v1(%s, %s)", [seal_id, b"\1" * 32])
+        assert cursor.fetchone()[0] is False  # signed once
+    assert bytes(Seal.objects.get().mac) == b"\0" * 32
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT dbq_sign_seal_v1(1, %s)", [b"\2" * 32])
+        assert cursor.fetchone()[0] is False  # another transaction's seal
+    assert "seal 1 is not signed" in verify()[2]
+
+
+@keyed
+def test_seal__waits_only_so_long_for_appends_in_flight():
+    Job.objects.create(name="testjob")
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
+    with psycopg.connect(**params) as other:
+        other.execute('SELECT dbq_create_job_v2(gen_random_uuid(), \'{"name": "testjob"}\')')
+        with pytest.raises(DatabaseError, match="lock timeout"):
+            seal_ledger(wait_ms=100)
+        # The worker's seal gives up as quickly and leaves the queue working.
+        assert Job.objects.create(name="testjob").pk
+        other.commit()
+    assert seal_ledger().events == 3
 
 
 @pytest.mark.parametrize(
@@ -384,8 +408,8 @@ def test_migration_0018__hashes_an_older_ledger_and_events_appended_to_it_since(
     backfill = importlib.import_module("django_dbq.migrations.0018_hash_old_events")
     jobs = run_jobs(3)
     waiting = Job.objects.create(name="testjob")
-    # The ledger as 0017 finds it: no hashes, no transaction ids, no heads.
-    forge("UPDATE django_dbq_jobevent SET hash = NULL, txid = NULL")
+    # The ledger as 0017 finds it: no hashes, no heads.
+    forge("UPDATE django_dbq_jobevent SET hash = NULL")
     forge("UPDATE django_dbq_job SET head = NULL")
     # Appended after 0017, before 0018 reaches the job: the previous hash is
     # unknown, so the new event's is too (the trigger's path and the claim's).

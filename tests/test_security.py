@@ -41,7 +41,7 @@ SQL_FILES = [
 FAKE_EVENTS = (
     "CREATE TEMP TABLE fake (id bigint GENERATED ALWAYS AS IDENTITY, version integer,"
     " kind varchar(20), payload jsonb, at timestamptz DEFAULT clock_timestamp(), job_id uuid,"
-    " hash bytea, txid bigint)"
+    " hash bytea)"
 )
 
 
@@ -915,7 +915,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_save_failed_v1": ["worker"],
         "dbq_save_held_v1": ["worker"],
         "dbq_save_held_v2": ["worker"],
-        "dbq_seal_ledger_v1": ["maintenance", "worker"],
+        "dbq_sign_seal_v1": ["maintenance", "worker"],
         "dbq_sign_retired_v1": ["maintenance"],
         "dbq_update_jobs_v1": ["app"],
         "dbq_update_jobs_v2": ["app"],

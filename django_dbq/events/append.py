@@ -374,7 +374,11 @@ def delete_old_jobs(created_before: datetime, using: str = DEFAULT_DB_ALIAS) -> 
     The sealed events among them leave retirement records, signed here with
     settings.DBQ_LEDGER_KEY in the same transaction, so the seals still verify.
     """
+    outermost = not connections[using].in_atomic_block
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        if outermost:
+            # The database runs retention in READ COMMITTED only.
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         cursor.execute(
             *bind(_queries()["events_delete_old_jobs"], {"created_before": created_before})
         )

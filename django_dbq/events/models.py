@@ -88,8 +88,7 @@ class JobEvent(models.Model):
     at = models.DateTimeField(db_default=ClockTimestamp())
     # SHA-256(the hash of the job's previous event || this event's canonical
     # bytes), computed by the database as the event is appended (events/sql/
-    # seals.sql). The table also holds txid, the appending transaction's id,
-    # which the seals read; no model field names it.
+    # seals.sql).
     hash = models.BinaryField(null=True, editable=False)
 
     class Meta:
@@ -229,31 +228,44 @@ class Schedule(models.Model):
 
 
 class Seal(models.Model):
-    """A signed checkpoint of the ledger: every event of the transactions that
-    ended before `xid_to` and after the previous seal's (events/sql/seals.sql).
+    """A signed checkpoint of the ledger: every event of an id after the previous
+    seal's last and up to its own, all committed when it was taken
+    (events/sql/seals.sql).
 
-    Appended only by dbq_seal_ledger_v1 (manage.py seal_ledger, the worker);
-    never changed or removed, retention included.
+    Appended only by dbq_prepare_seal_v1 and signed by dbq_sign_seal_v1 in the
+    same transaction (manage.py seal_ledger, the worker); never changed or
+    removed, retention included.
     """
 
     id = models.BigIntegerField(primary_key=True)
     sealed_at = models.DateTimeField()
-    # The window of transaction ids it covers: [xid_from, xid_to).
-    xid_from = models.BigIntegerField()
-    xid_to = models.BigIntegerField()
-    # Events in the window, events in all windows so far, the highest event id.
+    # The event ids it covers: (after_event_id, last_event_id].
+    after_event_id = models.BigIntegerField()
+    last_event_id = models.BigIntegerField()
+    # Events it covers, and in all seals so far.
     events = models.BigIntegerField()
     total_events = models.BigIntegerField()
-    last_event_id = models.BigIntegerField(null=True)
     # sha256(the previous seal's digest || the digest of its window: dbq_seal_window_v1).
     digest = models.BinaryField()
-    # HMAC-SHA-256 under settings.DBQ_LEDGER_KEY (django_dbq.seals.seal_message).
-    mac = models.BinaryField()
+    # HMAC-SHA-256 under settings.DBQ_LEDGER_KEY (django_dbq.seals.seal_message);
+    # NULL only inside the transaction that appends it.
+    mac = models.BinaryField(null=True)
+    # The transaction that appended it: only that transaction may sign it.
+    txid = models.BigIntegerField()
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["xid_to"], name="django_dbq_seal_xid_to")]
+        indexes = [models.Index(fields=["last_event_id"], name="django_dbq_seal_last_event")]
         triggers = [
+            SqlFunctionTrigger(
+                name="seal_signed",
+                level=pgtrigger.Row,
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                timing=pgtrigger.Deferred,
+                # events/sql/seals.sql, installed by migration 0017: at commit.
+                function="dbq_require_mac_v1",
+            ),
             SqlFunctionTrigger(
                 name="protect_seals",
                 level=pgtrigger.Statement,
@@ -270,7 +282,7 @@ class Seal(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         raise ProjectionWriteError(
             "seal.save() is refused: seals are appended by manage.py seal_ledger or the "
-            "worker (dbq_seal_ledger_v1)."
+            "worker (dbq_prepare_seal_v1)."
         )
 
 
@@ -292,6 +304,15 @@ class Retired(models.Model):
     class Meta:
         ordering = ["id"]
         triggers = [
+            SqlFunctionTrigger(
+                name="retired_signed",
+                level=pgtrigger.Row,
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                timing=pgtrigger.Deferred,
+                # events/sql/seals.sql, installed by migration 0017: at commit.
+                function="dbq_require_mac_v1",
+            ),
             SqlFunctionTrigger(
                 name="protect_retired",
                 level=pgtrigger.Statement,

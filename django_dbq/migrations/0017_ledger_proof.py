@@ -4,10 +4,9 @@
   canonical bytes), computed by the database: in the INSERT of the hot paths
   (enqueue, claim, outcomes), by a row trigger for every other append
   (dbq_chain_event_v1, fired only for a row without its hash).
-  django_dbq_jobevent.txid: the appending transaction, for the seals' windows
-  (a BRIN index). django_dbq_job.head: the hash of the job's last event.
+  django_dbq_job.head: the hash of the job's last event.
 - django_dbq_seal and django_dbq_retired, append-only (dbq_protect_proof_v1):
-  seals (dbq_prepare_seal_v1, dbq_seal_ledger_v1; for the workers and the
+  seals (dbq_prepare_seal_v1, dbq_sign_seal_v1; for the workers and the
   maintenance role) and the retirement records retention writes for the
   sealed events it removes (dbq_delete_old_jobs_v4, dbq_sign_retired_v1; for
   the maintenance role). dbq_delete_old_jobs_v3, for the previous release's
@@ -46,24 +45,24 @@ GRANTS = [
     (ROW_V1, ROW_V2),
     (AUDIT, "dbq_event_hash_text_v1(bytea, uuid, integer, text, text, timestamptz)"),
     (AUDIT, "dbq_event_hash_v1(bytea, uuid, integer, text, jsonb, timestamptz)"),
-    (AUDIT, "dbq_xmin_v1()"),
     (AUDIT, "dbq_seal_window_v1(bigint, bigint, bigint)"),
     # The workers first, as ledger_grants grants them.
-    (CLAIM, "dbq_prepare_seal_v1()"),
-    (CLAIM, "dbq_seal_ledger_v1(bigint, bigint, bytea, bytea)"),
+    (CLAIM, "dbq_prepare_seal_v1(integer)"),
+    (CLAIM, "dbq_sign_seal_v1(bigint, bytea)"),
     (RETENTION_V3, "dbq_delete_old_jobs_v4(timestamptz)"),
     (RETENTION_V3, "dbq_sign_retired_v1(bigint[], bytea[])"),
-    (RETENTION_V3, "dbq_prepare_seal_v1()"),
-    (RETENTION_V3, "dbq_seal_ledger_v1(bigint, bigint, bytea, bytea)"),
+    (RETENTION_V3, "dbq_prepare_seal_v1(integer)"),
+    (RETENTION_V3, "dbq_sign_seal_v1(bigint, bytea)"),
 ]
 NEW_FUNCTIONS = [
     "dbq_chain_event_v1()",
+    "dbq_require_mac_v1()",
     "dbq_protect_proof_v1()",
     "dbq_sign_retired_v1(bigint[], bytea[])",
-    "dbq_seal_ledger_v1(bigint, bigint, bytea, bytea)",
-    "dbq_prepare_seal_v1()",
+    "dbq_sign_seal_v1(bigint, bytea)",
+    "dbq_prepare_seal_v1(integer)",
     "dbq_seal_window_v1(bigint, bigint, bigint)",
-    "dbq_xmin_v1()",
+    "dbq_committed_event_id_v1(integer)",
     "dbq_event_hash_v1(bytea, uuid, integer, text, jsonb, timestamptz)",
     "dbq_event_hash_text_v1(bytea, uuid, integer, text, text, timestamptz)",
     "dbq_delete_old_jobs_v4(timestamptz)",
@@ -71,17 +70,8 @@ NEW_FUNCTIONS = [
     ROW_V2,
 ]
 
-COLUMNS = """
-ALTER TABLE django_dbq_jobevent ADD COLUMN txid bigint;
-ALTER TABLE django_dbq_jobevent ALTER COLUMN txid SET DEFAULT pg_current_xact_id()::text::bigint;
-CREATE INDEX django_dbq_event_txid_brin ON django_dbq_jobevent USING brin (txid);
-ALTER TABLE django_dbq_job ADD COLUMN head bytea;
-"""
-DROP_COLUMNS = """
-ALTER TABLE django_dbq_job DROP COLUMN head;
-DROP INDEX django_dbq_event_txid_brin;
-ALTER TABLE django_dbq_jobevent DROP COLUMN txid;
-"""
+COLUMNS = "ALTER TABLE django_dbq_job ADD COLUMN head bytea"
+DROP_COLUMNS = "ALTER TABLE django_dbq_job DROP COLUMN head"
 
 
 def install_functions(apps, schema_editor):
@@ -107,6 +97,8 @@ def restore_functions(apps, schema_editor):
 
 TRIGGER_STUBS = [
     "pgtrigger_chain_event_d15a4()",
+    "pgtrigger_retired_signed_ff234()",
+    "pgtrigger_seal_signed_37b7d()",
     "pgtrigger_protect_retired_40c35()",
     "pgtrigger_protect_seals_cb6b2()",
 ]
@@ -153,13 +145,13 @@ class Migration(migrations.Migration):
             fields=[
                 ("id", models.BigIntegerField(primary_key=True, serialize=False)),
                 ("sealed_at", models.DateTimeField()),
-                ("xid_from", models.BigIntegerField()),
-                ("xid_to", models.BigIntegerField()),
+                ("after_event_id", models.BigIntegerField()),
+                ("last_event_id", models.BigIntegerField()),
                 ("events", models.BigIntegerField()),
                 ("total_events", models.BigIntegerField()),
-                ("last_event_id", models.BigIntegerField(null=True)),
                 ("digest", models.BinaryField()),
-                ("mac", models.BinaryField()),
+                ("mac", models.BinaryField(null=True)),
+                ("txid", models.BigIntegerField()),
             ],
             options={
                 "ordering": ["id"],
@@ -207,7 +199,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name="seal",
-            index=models.Index(fields=["xid_to"], name="django_dbq_seal_xid_to"),
+            index=models.Index(fields=["last_event_id"], name="django_dbq_seal_last_event"),
         ),
         pgtrigger.migrations.AddTrigger(
             model_name="seal",
@@ -222,6 +214,40 @@ class Migration(migrations.Migration):
                     pgid="pgtrigger_protect_seals_cb6b2",
                     table="django_dbq_seal",
                     when="BEFORE",
+                ),
+            ),
+        ),
+        pgtrigger.migrations.AddTrigger(
+            model_name="retired",
+            trigger=pgtrigger.compiler.Trigger(
+                name="retired_signed",
+                sql=pgtrigger.compiler.UpsertTriggerSql(
+                    constraint="CONSTRAINT",
+                    execute="dbq_require_mac_v1()",
+                    func="RETURN NULL;",
+                    hash="755fd77811085affce4c8448c2cf80b7ae477225",
+                    operation="INSERT",
+                    pgid="pgtrigger_retired_signed_ff234",
+                    table="django_dbq_retired",
+                    timing="DEFERRABLE INITIALLY DEFERRED",
+                    when="AFTER",
+                ),
+            ),
+        ),
+        pgtrigger.migrations.AddTrigger(
+            model_name="seal",
+            trigger=pgtrigger.compiler.Trigger(
+                name="seal_signed",
+                sql=pgtrigger.compiler.UpsertTriggerSql(
+                    constraint="CONSTRAINT",
+                    execute="dbq_require_mac_v1()",
+                    func="RETURN NULL;",
+                    hash="05adfd33af791bbca7a919b2bc5a19c5aa53b244",
+                    operation="INSERT",
+                    pgid="pgtrigger_seal_signed_37b7d",
+                    table="django_dbq_seal",
+                    timing="DEFERRABLE INITIALLY DEFERRED",
+                    when="AFTER",
                 ),
             ),
         ),

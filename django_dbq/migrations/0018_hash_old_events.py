@@ -4,8 +4,8 @@ Job by job, in batches of BATCH_JOBS in their own transactions (the migration is
 not atomic): each batch holds off appends for the time it takes (it switches
 the ledger's append-only guard off for its own UPDATE, which locks out writers
 of the ledger, not its readers), computes the chains of its jobs from their
-first events, sets txid 0 on the old events (the first seal covers them), and
-the head of each job's row. Events appended between batches to a job not yet
+first events and the head of each job's row; the first seal after covers them
+(sealing waits while an event of its window has no hash). Events appended between batches to a job not yet
 hashed get no hash (their previous one is unknown) until its batch; a last
 pass takes the jobs that still have an event without one. Measured: about
 BACKFILL_FIGURE per million events (benchmarks/README.md).
@@ -14,6 +14,8 @@ The way back does nothing: the columns go with migration 0017's way back.
 """
 
 from django.db import migrations, transaction
+
+from django_dbq.exceptions import MigrationHistoryError
 
 BATCH_JOBS = 5000
 
@@ -44,9 +46,9 @@ WITH RECURSIVE jobs AS (
     FROM chain c
     JOIN django_dbq_jobevent e ON e.job_id = c.job_id AND e.version = c.version + 1
 ), events AS (
-    UPDATE django_dbq_jobevent e SET hash = c.hash, txid = COALESCE(e.txid, 0)
+    UPDATE django_dbq_jobevent e SET hash = c.hash
     FROM chain c
-    WHERE e.id = c.id AND (e.hash IS DISTINCT FROM c.hash OR e.txid IS NULL)
+    WHERE e.id = c.id AND e.hash IS DISTINCT FROM c.hash
 ), heads AS (
     SELECT DISTINCT ON (c.job_id) c.job_id, c.hash FROM chain c ORDER BY c.job_id, c.version DESC
 ), moved AS (
@@ -57,9 +59,7 @@ WITH RECURSIVE jobs AS (
 SELECT max(id::text)::uuid, count(*) FROM jobs
 """
 
-LEFT = (
-    "SELECT array_agg(DISTINCT job_id) FROM django_dbq_jobevent WHERE hash IS NULL OR txid IS NULL"
-)
+LEFT = "SELECT array_agg(DISTINCT job_id) FROM django_dbq_jobevent WHERE hash IS NULL"
 
 
 def hash_old_events(apps, schema_editor):
@@ -95,6 +95,12 @@ def hash_old_events(apps, schema_editor):
             return
         for start in range(0, len(left), BATCH_JOBS):
             batch(None, [str(job_id) for job_id in left[start : start + BATCH_JOBS]])
+    raise MigrationHistoryError(
+        f"django_dbq: events of {len(left)} jobs still have no hash after ten passes, e.g. "
+        f"{', '.join(map(str, left[:5]))}: events without a projection row, or a history "
+        "with a gap in its versions (replay_events --verify names them). Nothing is sealed "
+        "until they have one; fix them, then run migrate again."
+    )
 
 
 class Migration(migrations.Migration):

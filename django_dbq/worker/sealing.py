@@ -15,13 +15,14 @@ import time
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
-from django_dbq.seals import ledger_key, seal_ledger, seal_seconds
+from django_dbq.seals import WORKER_WAIT_MS, ledger_key, seal_ledger, seal_seconds
 from django_dbq.worker.state import WorkerState
 
 logger = logging.getLogger("django_dbq.worker")
 
 # How long a worker waits before it tries again a seal the database refused.
 RETRY_SECONDS = 5.0
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 class Sealing(WorkerState):
@@ -38,15 +39,16 @@ class Sealing(WorkerState):
             return
         self._next_seal_at = self._plan_seal(now)
         try:
-            sealed = seal_ledger(using=self.using)
-        except (DatabaseError, ImproperlyConfigured) as exc:
-            logger.warning(
-                "event=seal_error worker=%s error=%r retry_in=%ss",
-                self.worker_id,
-                str(exc),
-                RETRY_SECONDS,
-            )
-            self._next_seal_at = now + RETRY_SECONDS
+            sealed = seal_ledger(using=self.using, wait_ms=WORKER_WAIT_MS)
+        except DatabaseError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                # Another sealer, or appends that outlast the wait: next turn.
+                logger.info("event=seal_busy worker=%s error=%r", self.worker_id, str(exc))
+                return
+            self._seal_failed(now, exc)
+            return
+        except ImproperlyConfigured as exc:
+            self._seal_failed(now, exc)
             return
         if sealed is not None:
             logger.info(
@@ -56,6 +58,15 @@ class Sealing(WorkerState):
                 sealed.total_events,
                 self.worker_id,
             )
+
+    def _seal_failed(self, now: float, exc: Exception) -> None:
+        logger.warning(
+            "event=seal_error worker=%s error=%r retry_in=%ss",
+            self.worker_id,
+            str(exc),
+            RETRY_SECONDS,
+        )
+        self._next_seal_at = now + RETRY_SECONDS
 
     def _plan_seal(self, now: float) -> float:
         try:

@@ -34,6 +34,22 @@ def megabytes(text: str) -> int:
     return value * 1024 * 1024
 
 
+def seal_and_digest(text: str) -> tuple[int, str | None]:
+    """SEAL or SEAL:DIGEST, e.g. 12 or 12:3f9a0c5be1d2477a."""
+    number, _, digest = text.partition(":")
+    try:
+        seal = int(number)
+    except ValueError:
+        seal = 0
+    hexdigits = set("0123456789abcdefABCDEF")
+    if seal < 1 or (digest and (len(digest) < 16 or not set(digest) <= hexdigits)):
+        raise ArgumentTypeError(
+            f"{text!r} is not SEAL or SEAL:DIGEST (a seal number, and the start of the digest "
+            "seal_ledger printed for it, 16 hex digits or more); e.g. --since 12:3f9a0c5be1d2477a"
+        )
+    return seal, digest or None
+
+
 class Command(BaseCommand):
     help = (
         "Rebuild the Job and Queue projections from their ledgers, or --verify that a rebuild "
@@ -65,10 +81,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--since",
-            type=int,
-            metavar="SEAL",
+            type=seal_and_digest,
+            metavar="SEAL[:DIGEST]",
             help="With --verify: check only the hash chains and seals after this seal, which "
-            "you trust (its mac is still checked); the projection is still compared whole.",
+            "you trust (its mac is still checked), and with the digest seal_ledger printed for "
+            "it (16 hex digits or more), that it is still that seal; the projection is still "
+            "compared whole.",
         )
         parser.add_argument("--database", default="default", help="Database alias.")
 
@@ -107,7 +125,8 @@ class Command(BaseCommand):
                 f"({result.jobs} jobs) in {elapsed:.2f}s; {result.queue_events} queue events "
                 f"give the live queues ({result.queues} ever paused)"
             )
-            self.stdout.write(f"ok: {self._describe_proof(proof, options['since'])}")
+            since = options["since"][0] if options["since"] else None
+            self.stdout.write(f"ok: {self._describe_proof(proof, since)}")
             return
         for problem in proof.problems:
             self.stderr.write(f"tampered: {problem}")
@@ -159,7 +178,8 @@ class Command(BaseCommand):
 
     def _verify_proof(self, options: dict[str, Any]) -> Proof:
         try:
-            return verify_proof(using=options["database"], since=options["since"])
+            since, digest = options["since"] or (None, None)
+            return verify_proof(using=options["database"], since=since, since_digest=digest)
         except (ValueError, ImproperlyConfigured) as exc:
             raise CommandError(str(exc)) from None
 

@@ -26,7 +26,8 @@ class Command(BaseCommand):
             for seal in Seal.objects.using(using).order_by("id"):
                 self.stdout.write(
                     f"seal {seal.id} {seal.sealed_at.isoformat()} events {seal.events} "
-                    f"total {seal.total_events} last_event_id {seal.last_event_id}"
+                    f"total {seal.total_events} last_event_id {seal.last_event_id} "
+                    f"digest {bytes(seal.digest).hex()}"
                 )
             return
         try:
@@ -43,5 +44,5 @@ class Command(BaseCommand):
             return
         self.stdout.write(
             f"sealed {sealed.id}: {sealed.events} events, {sealed.total_events} in all, "
-            f"up to event id {sealed.last_event_id}"
+            f"up to event id {sealed.last_event_id}; digest {sealed.digest.hex()}"
         )

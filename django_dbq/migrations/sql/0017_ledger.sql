@@ -121,16 +121,29 @@ BEGIN
             ' AND NOT EXISTS (SELECT FROM %s r WHERE r.%I = j.id)',
             reference.referencing, reference.referencing_column);
     END LOOP;
-    -- Events of transactions below the last seal's end are sealed. The lock
-    -- keeps a seal from being taken while jobs go (it waits for this
-    -- transaction), so no seal covers an event this statement removes.
+    -- The events up to the last seal's last are sealed. The lock keeps a seal
+    -- from being taken while jobs go (a sealer waits for this transaction), so
+    -- no seal covers an event this statement removes; the seal read after it
+    -- is the last one only in READ COMMITTED, where each statement sees what
+    -- committed before it.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'django_dbq: retention runs in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Call Job.objects.delete_old() (or manage.py delete_old_jobs) outside a REPEATABLE READ or SERIALIZABLE transaction.';
+    END IF;
     LOCK TABLE @schema@.django_dbq_seal IN SHARE MODE;
-    SELECT s.xid_to INTO sealed_below FROM @schema@.django_dbq_seal s ORDER BY s.id DESC LIMIT 1;
+    SELECT s.last_event_id INTO sealed_below FROM @schema@.django_dbq_seal s ORDER BY s.id DESC LIMIT 1;
     IF sealed_below IS NOT NULL AND NOT record_sealed THEN
         kept := kept || format(
             ' AND NOT EXISTS (SELECT FROM @schema@.django_dbq_jobevent e'
-            ' WHERE e.job_id = j.id AND e.txid < %s)', sealed_below);
+            ' WHERE e.job_id = j.id AND e.id <= %s)', sealed_below);
     END IF;
+    -- A job whose history no longer matches its chain is kept, with the
+    -- evidence: removing it would record its rewritten hashes.
+    kept := kept || ' AND NOT EXISTS (SELECT FROM @schema@.django_dbq_jobevent e'
+        ' LEFT JOIN @schema@.django_dbq_jobevent p ON p.job_id = e.job_id AND p.version = e.version - 1'
+        ' WHERE e.job_id = j.id AND e.hash IS DISTINCT FROM @schema@.dbq_event_hash_v1('
+        'p.hash, e.job_id, e.version::integer, e.kind::text, e.payload, e.at))';
     PERFORM set_config('dbq.retention', 'on', true);
     PERFORM set_config('dbq.applying', 'on', true);
     -- Locking the rows first keeps a job from being requeued by a concurrent
@@ -144,10 +157,10 @@ BEGIN
             FOR UPDATE OF j
         ), history AS (
             DELETE FROM @schema@.django_dbq_jobevent WHERE job_id IN (SELECT id FROM doomed)
-            RETURNING id, hash, txid
+            RETURNING id, hash
         ), retired AS (
-            -- Windows are contiguous from 0: an event's seal is the first that
-            -- ends above its transaction.
+            -- Seals cover contiguous id ranges from 1: an event's seal is the
+            -- first whose last event id is at or above its own.
             INSERT INTO @schema@.django_dbq_retired (seal_id, retired_at, events, entries, txid)
             SELECT s.id, clock_timestamp(), count(*),
                    string_agg(int8send(h.id) || h.hash, '\x'::bytea ORDER BY h.id),
@@ -155,8 +168,8 @@ BEGIN
             FROM history h
             CROSS JOIN LATERAL (
                 SELECT s.id FROM @schema@.django_dbq_seal s
-                WHERE s.xid_to > h.txid ORDER BY s.xid_to LIMIT 1) s
-            WHERE h.txid < $2
+                WHERE s.last_event_id >= h.id ORDER BY s.last_event_id LIMIT 1) s
+            WHERE h.id <= $2
             GROUP BY s.id
         )
         DELETE FROM @schema@.django_dbq_job WHERE id IN (SELECT id FROM doomed)

@@ -9,16 +9,17 @@
 -- gets it from the row trigger below, so no event goes in without one. The
 -- projection row keeps its job's head (django_dbq_job.head).
 --
--- Every event also stores txid, the appending transaction's id. A seal covers
--- every event whose txid lies in [xid_from, xid_to), where xid_to is the
--- oldest transaction still running when the seal was taken (the snapshot's
--- xmin): every transaction below it has ended, so no event of the window is
--- still in flight, and the next seal starts where this one ended. Its digest
--- chains the previous seal's digest with the window's events (id and hash, in
--- id order); its mac, HMAC-SHA-256 under settings.DBQ_LEDGER_KEY, is computed
--- by the caller (the key never reaches the database). Retention removes a
--- sealed event only with a retirement record (django_dbq_retired) of its id
--- and hash, signed the same way, so the seal still verifies.
+-- A seal covers the events of ids after the previous seal's last and up to its
+-- own last_event_id, which is an id below which no event is still in flight:
+-- the sealer waits, at most DBQ's lock timeout, for the transactions that are
+-- appending now to end (a SHARE lock on the ledger, let go at once), so every
+-- event of an id up to the highest one then is committed, and the next ones
+-- get higher ids. Its digest chains the previous seal's digest with the
+-- covered events (id and hash, in id order); its mac, HMAC-SHA-256 under
+-- settings.DBQ_LEDGER_KEY, is computed by the caller (the key never reaches
+-- the database). Retention removes a sealed event only with a retirement
+-- record (django_dbq_retired) of its id and hash, signed the same way, so the
+-- seal still verifies.
 
 
 -- dbq_event_hash_text_v1: the hash of an event given the hash of the job's
@@ -79,9 +80,9 @@ $$;
 -- STATEMENT trigger function of django_dbq_seal and django_dbq_retired: seals
 -- and retirement records are never changed or removed, retention included.
 -- The test suites' flush may empty them (dbq.retention, as the ledger's
--- guard allows), and dbq_sign_retired_v1 signs a retirement record its own
--- transaction wrote (dbq.signing); both only while the tables' owner is the
--- current user.
+-- guard allows), and dbq_sign_seal_v1 and dbq_sign_retired_v1 sign a seal or
+-- retirement record their own transaction wrote (dbq.signing); both only while
+-- the tables' owner is the current user.
 CREATE OR REPLACE FUNCTION @schema@.dbq_protect_proof_v1()
 RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -89,8 +90,7 @@ BEGIN
     IF (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID)
        = current_user::text::regrole
        AND ((TG_OP = 'TRUNCATE' AND pg_catalog.current_setting('dbq.retention', true) = 'on')
-            OR (TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'django_dbq_retired'
-                AND pg_catalog.current_setting('dbq.signing', true) = 'on'))
+            OR (TG_OP = 'UPDATE' AND pg_catalog.current_setting('dbq.signing', true) = 'on'))
     THEN
         RETURN NULL;
     END IF;
@@ -101,30 +101,74 @@ END
 $$;
 
 
--- dbq_xmin_v1: the oldest transaction id still running, as a number: every
--- transaction below it has ended.
-CREATE OR REPLACE FUNCTION @schema@.dbq_xmin_v1()
-RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+-- dbq_require_mac_v1: the DEFERRABLE INITIALLY DEFERRED constraint trigger
+-- function of django_dbq_seal and django_dbq_retired (AFTER INSERT, FOR EACH
+-- ROW): at commit, a seal or retirement record must be signed. A transaction
+-- that appends one and does not sign it (a role without the key, a process
+-- that died) fails whole, so nothing it removed goes.
+CREATE OR REPLACE FUNCTION @schema@.dbq_require_mac_v1()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    signed boolean;
+BEGIN
+    IF TG_TABLE_NAME = 'django_dbq_seal' THEN
+        SELECT s.mac IS NOT NULL INTO signed FROM @schema@.django_dbq_seal s WHERE s.id = NEW.id;
+    ELSE
+        SELECT r.mac IS NOT NULL INTO signed FROM @schema@.django_dbq_retired r WHERE r.id = NEW.id;
+    END IF;
+    IF signed IS DISTINCT FROM true THEN
+        RAISE EXCEPTION 'django_dbq: % row % is not signed; the transaction is refused', TG_TABLE_NAME, NEW.id
+            USING ERRCODE = 'integrity_constraint_violation',
+                  HINT = 'Seal with manage.py seal_ledger and remove old jobs with manage.py delete_old_jobs, both with DBQ_LEDGER_KEY set.';
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 
--- dbq_seal_window_v1: what seal `seal_id` covers, the events of txid in
--- [xid_from, xid_to) and the entries of the retirement records for that seal
+-- dbq_committed_event_id_v1: the highest event id below which no event is
+-- still in flight (0 for an empty ledger): it waits for the transactions that
+-- are appending to the ledger to end, at most `wait_ms` (lock_not_available
+-- after), holding off new appends meanwhile, then lets go at once (the lock is
+-- taken in a subtransaction that is rolled back). Every transaction that
+-- appended holds a ROW EXCLUSIVE lock on the ledger until it ends, and later
+-- appends get higher ids. Called by the seal functions only (not granted).
+CREATE OR REPLACE FUNCTION @schema@.dbq_committed_event_id_v1(wait_ms integer)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    highest bigint;
+BEGIN
+    BEGIN
+        PERFORM set_config('lock_timeout', wait_ms::text || 'ms', true);
+        LOCK TABLE @schema@.django_dbq_jobevent IN SHARE MODE;
+        SELECT COALESCE(max(e.id), 0) INTO highest FROM @schema@.django_dbq_jobevent e;
+        RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'dbq: lock let go';
+    EXCEPTION WHEN raise_exception THEN
+        -- The subtransaction's lock and lock_timeout go with it; `highest` stays.
+        NULL;
+    END;
+    RETURN highest;
+END
+$$;
+
+
+-- dbq_seal_window_v1: what seal `seal_id` covers, the events of ids in
+-- (after_id, last_id] and the entries of the retirement records for that seal
 -- (events retention removed since): how many, the highest event id, their
 -- digest, and how many of the events have no hash yet (migration 0018 computes
 -- those of older ledgers). The digest is SHA-256 over the SHA-256 of each block
 -- of 65,536 event ids (`id (8 bytes) || hash` of each event, in id order), in
 -- block order: no value grows past what PostgreSQL holds in one (1 GB),
 -- however many events a window covers.
-CREATE OR REPLACE FUNCTION @schema@.dbq_seal_window_v1(seal_id bigint, xid_from bigint, xid_to bigint)
+CREATE OR REPLACE FUNCTION @schema@.dbq_seal_window_v1(seal_id bigint, after_id bigint, last_id bigint)
 RETURNS TABLE (events bigint, last_event_id bigint, digest bytea, unhashed bigint)
 LANGUAGE sql STABLE AS $$
     WITH covered AS (
         SELECT e.id, int8send(e.id) || e.hash AS entry, e.hash IS NULL AS unhashed
         FROM @schema@.django_dbq_jobevent e
-        WHERE e.txid >= xid_from AND e.txid < xid_to
+        WHERE e.id > after_id AND e.id <= last_id
         UNION ALL
         SELECT ('x' || encode(substring(r.entries FROM n * 40 + 1 FOR 8), 'hex'))::bit(64)::bigint,
                substring(r.entries FROM n * 40 + 1 FOR 40), false
@@ -145,17 +189,20 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 
--- dbq_prepare_seal_v1: the next seal, for the caller to sign and hand to
--- dbq_seal_ledger_v1 in the same transaction: its number, window, counts and
--- digest (sha256(the previous seal's digest || the window's digest)), and the
--- previous seal's mac, which the new one signs too. No row when no event has
--- ended since the last seal. Takes the seals' table lock for the caller's
--- transaction, so that sealers follow each other; refuses while events of the
--- window still wait for their hash.
-CREATE OR REPLACE FUNCTION @schema@.dbq_prepare_seal_v1()
+-- dbq_prepare_seal_v1: append the next seal, unsigned, for the caller to sign
+-- in the same transaction (dbq_sign_seal_v1), and return it: its number, the
+-- ids it covers (after_event_id, last_event_id], how many events, the running
+-- total, its digest (sha256(the previous seal's digest || the window's
+-- digest)), and the previous seal's mac, which the new one signs too. No row
+-- when no event has been committed since the last seal. Sealers follow each
+-- other (the seals' table lock, for the caller's transaction); it waits at
+-- most `wait_ms` for that lock and for the appends in flight
+-- (lock_not_available after), and refuses while events of the window still
+-- wait for their hash.
+CREATE OR REPLACE FUNCTION @schema@.dbq_prepare_seal_v1(wait_ms integer)
 RETURNS TABLE (
-    id bigint, xid_from bigint, xid_to bigint, events bigint, total_events bigint,
-    last_event_id bigint, digest bytea, prev_mac bytea
+    id bigint, sealed_at timestamptz, after_event_id bigint, last_event_id bigint,
+    events bigint, total_events bigint, digest bytea, prev_mac bytea
 )
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -163,16 +210,30 @@ DECLARE
     prev record;
     upto bigint;
     window_ record;
+    waited text := current_setting('lock_timeout');
 BEGIN
+    IF wait_ms IS NULL OR wait_ms < 1 OR wait_ms > 60000 THEN
+        RAISE EXCEPTION 'django_dbq: a sealer waits 1 to 60000 ms, not %', wait_ms
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Each statement below must see what committed before it (the appends the
+    -- lock waited for): READ COMMITTED.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'django_dbq: a seal is taken in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Seal with manage.py seal_ledger, outside a REPEATABLE READ or SERIALIZABLE transaction.';
+    END IF;
+    PERFORM set_config('lock_timeout', wait_ms::text || 'ms', true);
     LOCK TABLE @schema@.django_dbq_seal IN EXCLUSIVE MODE;
-    upto := @schema@.dbq_xmin_v1();
-    SELECT s.id, s.xid_to, s.total_events, s.last_event_id, s.digest, s.mac INTO prev
+    PERFORM set_config('lock_timeout', waited, true);
+    upto := @schema@.dbq_committed_event_id_v1(wait_ms);
+    SELECT s.id, s.last_event_id, s.total_events, s.digest, s.mac INTO prev
     FROM @schema@.django_dbq_seal s ORDER BY s.id DESC LIMIT 1;
-    IF upto <= COALESCE(prev.xid_to, 0) THEN
+    IF upto <= COALESCE(prev.last_event_id, 0) THEN
         RETURN;
     END IF;
     SELECT * INTO window_
-    FROM @schema@.dbq_seal_window_v1(COALESCE(prev.id, 0) + 1, COALESCE(prev.xid_to, 0), upto);
+    FROM @schema@.dbq_seal_window_v1(COALESCE(prev.id, 0) + 1, COALESCE(prev.last_event_id, 0), upto);
     IF window_.events = 0 THEN
         RETURN;
     END IF;
@@ -181,58 +242,38 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Run manage.py migrate django_dbq to the end (migration 0018 hashes older events), then seal.';
     END IF;
-    RETURN QUERY SELECT
-        COALESCE(prev.id, 0) + 1, COALESCE(prev.xid_to, 0), upto, window_.events,
-        COALESCE(prev.total_events, 0) + window_.events,
-        greatest(prev.last_event_id, window_.last_event_id),
-        sha256(COALESCE(prev.digest, '\x'::bytea) || window_.digest),
-        COALESCE(prev.mac, '\x'::bytea);
+    RETURN QUERY
+    INSERT INTO @schema@.django_dbq_seal AS s
+        (id, sealed_at, after_event_id, last_event_id, events, total_events, digest, mac, txid)
+    VALUES (COALESCE(prev.id, 0) + 1, clock_timestamp(), COALESCE(prev.last_event_id, 0),
+            window_.last_event_id, window_.events, COALESCE(prev.total_events, 0) + window_.events,
+            sha256(COALESCE(prev.digest, '\x'::bytea) || window_.digest), NULL,
+            pg_current_xact_id()::text::bigint)
+    RETURNING s.id, s.sealed_at, s.after_event_id, s.last_event_id, s.events, s.total_events,
+              s.digest, COALESCE(prev.mac, '\x'::bytea);
 END
 $$;
 
 
--- dbq_seal_ledger_v1: append seal `seal_id` up to `xid_to` with its digest
--- and mac, as dbq_prepare_seal_v1 gave them (its snapshot may be older than
--- this statement's). The database checks what it can without the key: that the
--- seal follows the last one, covers only ended transactions, and that its
--- digest is what the window holds now; the mac is the caller's (seal_ledger,
--- the worker). Returns the seal's number.
-CREATE OR REPLACE FUNCTION @schema@.dbq_seal_ledger_v1(
-    seal_id bigint, xid_to bigint, digest bytea, mac bytea
-)
-RETURNS bigint
+-- dbq_sign_seal_v1: sign the seal this transaction appended (dbq_prepare_seal_v1)
+-- and that is not signed yet; whether it was. No other seal can be signed, so
+-- none can be signed again.
+CREATE OR REPLACE FUNCTION @schema@.dbq_sign_seal_v1(seal_id bigint, mac bytea)
+RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    prev record;
-    window_ record;
+    signed bigint;
 BEGIN
-    LOCK TABLE @schema@.django_dbq_seal IN EXCLUSIVE MODE;
-    SELECT s.id, s.xid_to, s.total_events, s.last_event_id, s.digest INTO prev
-    FROM @schema@.django_dbq_seal s ORDER BY s.id DESC LIMIT 1;
-    IF seal_id IS DISTINCT FROM COALESCE(prev.id, 0) + 1 OR xid_to IS NULL
-       OR xid_to <= COALESCE(prev.xid_to, 0) OR xid_to > @schema@.dbq_xmin_v1() THEN
-        RAISE EXCEPTION 'django_dbq: seal % up to transaction % does not follow the ledger''s last seal', seal_id, xid_to
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Seal with manage.py seal_ledger.';
-    END IF;
-    SELECT * INTO window_
-    FROM @schema@.dbq_seal_window_v1(seal_id, COALESCE(prev.xid_to, 0), xid_to);
-    IF window_.unhashed > 0 OR window_.events = 0
-       OR digest IS DISTINCT FROM sha256(COALESCE(prev.digest, '\x'::bytea) || window_.digest) THEN
-        RAISE EXCEPTION 'django_dbq: seal %''s digest is not that of the events it covers', seal_id
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Seal with manage.py seal_ledger.';
-    END IF;
     IF octet_length(mac) IS DISTINCT FROM 32 THEN
         RAISE EXCEPTION 'django_dbq: a seal''s mac is an HMAC-SHA-256 (32 bytes)'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO @schema@.django_dbq_seal
-        (id, sealed_at, xid_from, xid_to, events, total_events, last_event_id, digest, mac)
-    VALUES (seal_id, clock_timestamp(), COALESCE(prev.xid_to, 0), xid_to, window_.events,
-            COALESCE(prev.total_events, 0) + window_.events,
-            greatest(prev.last_event_id, window_.last_event_id), digest, mac);
-    RETURN seal_id;
+    PERFORM set_config('dbq.signing', 'on', true);
+    UPDATE @schema@.django_dbq_seal s SET mac = dbq_sign_seal_v1.mac
+    WHERE s.id = seal_id AND s.mac IS NULL AND s.txid = pg_current_xact_id()::text::bigint;
+    GET DIAGNOSTICS signed = ROW_COUNT;
+    PERFORM set_config('dbq.signing', '', true);
+    RETURN signed = 1;
 END
 $$;
 
