@@ -331,7 +331,7 @@ def test_seal__waits_only_so_long_for_appends_in_flight():
     params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
     with psycopg.connect(**params) as other:
         other.execute('SELECT dbq_create_job_v2(gen_random_uuid(), \'{"name": "testjob"}\')')
-        with pytest.raises(DatabaseError, match="lock timeout"):
+        with pytest.raises(DatabaseError, match="outlasted the seal's wait of 100 ms"):
             seal_ledger(wait_ms=100)
         # The worker's seal gives up as quickly and leaves the queue working.
         assert Job.objects.create(name="testjob").pk

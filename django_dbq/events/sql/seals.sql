@@ -10,11 +10,10 @@
 -- projection row keeps its job's head (django_dbq_job.head).
 --
 -- A seal covers the events of ids after the previous seal's last and up to its
--- own last_event_id, which is an id below which no event is still in flight:
--- the sealer waits, at most DBQ's lock timeout, for the transactions that are
--- appending now to end (a SHARE lock on the ledger, let go at once), so every
--- event of an id up to the highest one then is committed, and the next ones
--- get higher ids. Its digest chains the previous seal's digest with the
+-- own last_event_id, below which no append is still in flight: the sealer
+-- waits, without a lock, for the transactions that were appending when it read
+-- the id sequence to end (dbq_committed_event_id_v1), so every event of an id
+-- up to that value is committed, and the next ones get higher ids. Its digest chains the previous seal's digest with the
 -- covered events (id and hash, in id order); its mac, HMAC-SHA-256 under
 -- settings.DBQ_LEDGER_KEY, is computed by the caller (the key never reaches
 -- the database). Retention removes a sealed event only with a retirement
@@ -127,28 +126,50 @@ END
 $$;
 
 
--- dbq_committed_event_id_v1: the highest event id below which no event is
--- still in flight (0 for an empty ledger): it waits for the transactions that
--- are appending to the ledger to end, at most `wait_ms` (lock_not_available
--- after), holding off new appends meanwhile, then lets go at once (the lock is
--- taken in a subtransaction that is rolled back). Every transaction that
--- appended holds a ROW EXCLUSIVE lock on the ledger until it ends, and later
--- appends get higher ids. Called by the seal functions only (not granted).
+-- dbq_committed_event_id_v1: an event id below which no append is still in
+-- flight (0 for an empty ledger), as CREATE INDEX CONCURRENTLY waits for the
+-- writers before it: the id sequence's last value, once every transaction that
+-- then held a write lock on the ledger has ended. Every append takes that lock
+-- before it takes an id, so whoever holds an id up to that value held the lock
+-- when it was read; later appends get higher ids (the sequence must not cache:
+-- cached ids come out of order). Nothing waits for it: it polls, at most
+-- `wait_ms` (lock_not_available after). The caller's own transaction is not
+-- waited for; its appends are sealed or rolled back with the seal. Called by
+-- the seal function only (not granted).
 CREATE OR REPLACE FUNCTION @schema@.dbq_committed_event_id_v1(wait_ms integer)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
+    ids regclass := pg_get_serial_sequence('@schema@.django_dbq_jobevent', 'id')::regclass;
     highest bigint;
+    writers text[];
+    until timestamptz := clock_timestamp() + make_interval(secs => wait_ms / 1000.0);
+    here oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
 BEGIN
-    BEGIN
-        PERFORM set_config('lock_timeout', wait_ms::text || 'ms', true);
-        LOCK TABLE @schema@.django_dbq_jobevent IN SHARE MODE;
-        SELECT COALESCE(max(e.id), 0) INTO highest FROM @schema@.django_dbq_jobevent e;
-        RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'dbq: lock let go';
-    EXCEPTION WHEN raise_exception THEN
-        -- The subtransaction's lock and lock_timeout go with it; `highest` stays.
-        NULL;
-    END;
+    IF (SELECT s.seqcache FROM pg_sequence s WHERE s.seqrelid = ids) > 1 THEN
+        RAISE EXCEPTION 'django_dbq: the event id sequence % caches ids, so they come out of order; nothing is sealed', ids
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('ALTER SEQUENCE %s CACHE 1', ids);
+    END IF;
+    EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM %s', ids) INTO highest;
+    SELECT array_agg(l.virtualtransaction) INTO writers
+    FROM pg_locks l
+    WHERE l.locktype = 'relation' AND l.database = here
+      AND l.relation = '@schema@.django_dbq_jobevent'::regclass
+      AND l.mode = 'RowExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid();
+    WHILE writers IS NOT NULL AND EXISTS (
+        SELECT FROM pg_locks l
+        WHERE l.locktype = 'relation' AND l.database = here
+          AND l.relation = '@schema@.django_dbq_jobevent'::regclass
+          AND l.virtualtransaction = ANY(writers)
+    ) LOOP
+        IF clock_timestamp() > until THEN
+            RAISE EXCEPTION 'django_dbq: appends in flight outlasted the seal''s wait of % ms', wait_ms
+                USING ERRCODE = 'lock_not_available',
+                      HINT = 'A transaction that appends and stays open holds back the seals; the next seal tries again.';
+        END IF;
+        PERFORM pg_sleep(0.002);
+    END LOOP;
     RETURN highest;
 END
 $$;
