@@ -21,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from django_dbq.exceptions import DbqError
-from django_dbq.sqlfiles import bind, load_queries
+from django_dbq.sqlfiles import bind, load_queries, schema_of, with_schema
 
 
 def _pin_search_path(cursor: Any) -> None:
@@ -163,7 +163,7 @@ def sign_retired(cursor: Any) -> int:
     sealed event is removed only with a signed record of it.
     """
     queries = _queries()
-    cursor.execute(queries["unsigned_retired"])
+    cursor.execute(with_schema(queries["unsigned_retired"], schema_of(cursor), cursor.connection))
     unsigned = cursor.fetchall()
     if not unsigned:
         return 0
@@ -302,9 +302,9 @@ def _check_seals(
         prev_mac = prev[7] if prev is not None else b""
         if sid == since and sid > 1:
             # Trusted: its window is not recounted, its mac still checked.
-            cursor.execute(*bind(queries["seals_from"], {"first": sid - 1}))
+            cursor.execute(*bind(queries["seal_mac"], {"id": sid - 1}))
             before = cursor.fetchone()
-            prev_mac = bytes(before[7]) if before is not None and before[7] is not None else b""
+            prev_mac = bytes(before[0]) if before is not None and before[0] is not None else b""
         expected = _mac(
             key, seal_message(sid, at, after_id, last_id, events, total, digest, prev_mac)
         )

@@ -426,3 +426,50 @@ def test_migration_0018__hashes_an_older_ledger_and_events_appended_to_it_since(
     for event in JobEvent.objects.all():
         assert bytes(event.hash) == recomputed(event.id)
     assert verify_proof().ok and verify_projection().ok
+
+
+@override_settings(DBQ_LEDGER_KEY=KEY, DBQ_SEAL_SECONDS=None)
+def test_worker__keeps_draining_with_a_seal_interval_that_is_no_number(caplog):
+    Job.objects.bulk_create([Job(name="testjob") for _ in range(2)])
+    Worker(burst=True, handle_signals=False).run()
+    assert Job.objects.filter(state="COMPLETE").count() == 2
+    assert "event=seal_error" in caplog.text
+    assert not Seal.objects.exists()
+
+
+@keyed
+def test_retention__signs_its_own_records_whatever_temp_table_the_session_holds():
+    jobs = run_jobs(1)
+    seal_ledger()
+    jobs[0].created = timezone.now() - timedelta(days=30)
+    jobs[0].save()
+    with connection.cursor() as cursor:
+        # Left in a pooled server session by another client: a record whose
+        # mac the retention would otherwise compute and give to the real one.
+        cursor.execute("CREATE TEMP TABLE django_dbq_retired (LIKE django_dbq_retired)")
+        cursor.execute(
+            "INSERT INTO pg_temp.django_dbq_retired VALUES"
+            " (1, 1, now(), 99, '\\x00', pg_current_xact_id()::text::bigint, NULL)"
+        )
+    try:
+        assert Job.objects.delete_old(hours=24) == 1
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE pg_temp.django_dbq_retired")
+    assert verify_proof().ok
+
+
+@keyed
+def test_a_sealer_killed_before_it_signs__leaves_no_seal_and_the_next_covers_all():
+    run_jobs(1)
+    params = {k: v for k, v in connection.get_connection_params().items() if k != "context"}
+    sealer = psycopg.connect(**params)
+    sealer.execute("SELECT id FROM dbq_prepare_seal_v1(1000)")
+    with connection.cursor() as cursor:
+        # As kill -9 of the sealing process ends its session.
+        cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [sealer.info.backend_pid])
+    sealer.close()
+    assert not Seal.objects.exists()
+    sealed = seal_ledger()
+    assert sealed.id == 1 and sealed.events == JobEvent.objects.count()
+    assert verify_proof().ok

@@ -16,9 +16,11 @@ FROM dbq_prepare_seal_v1(%(wait_ms)s::integer)
 SELECT dbq_sign_seal_v1(%(id)s::bigint, %(mac)s::bytea)
 
 -- name: unsigned_retired
--- The retirement records this transaction wrote (retention), to sign.
+-- The retirement records this transaction wrote (retention), to sign; the
+-- table named with its schema, so that no TEMP table of the session (a pooled
+-- server session another client left one in) stands in for it.
 SELECT id, seal_id, events, sha256(entries)
-FROM django_dbq_retired
+FROM @schema@.django_dbq_retired
 WHERE mac IS NULL AND txid = pg_current_xact_id()::text::bigint
 ORDER BY id
 
@@ -63,6 +65,9 @@ SELECT id, sealed_at, after_event_id, last_event_id, events, total_events, diges
 FROM django_dbq_seal
 WHERE id >= %(first)s
 ORDER BY id
+
+-- name: seal_mac
+SELECT mac FROM django_dbq_seal WHERE id = %(id)s
 
 -- name: seal_window
 -- What a seal's window holds now (events, retirement records).

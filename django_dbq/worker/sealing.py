@@ -72,7 +72,7 @@ class Sealing(WorkerState):
         try:
             seconds = seal_seconds()
             key = ledger_key()
-        except (ImproperlyConfigured, ValueError) as exc:
+        except (ImproperlyConfigured, TypeError, ValueError) as exc:
             logger.warning("event=seal_error worker=%s error=%r", self.worker_id, str(exc))
             return float("inf")
         if seconds <= 0 or key is None:

@@ -133,7 +133,9 @@ $$;
 -- before it takes an id, so whoever holds an id up to that value held the lock
 -- when it was read; later appends get higher ids (the sequence must not cache:
 -- cached ids come out of order). Nothing waits for it: it polls, at most
--- `wait_ms` (lock_not_available after). The caller's own transaction is not
+-- `wait_ms` (lock_not_available after), each look at pg_locks (which takes the
+-- lock manager's partition locks) twice as far from the last, up to 20 ms
+-- apart. The caller's own transaction is not
 -- waited for; its appends are sealed or rolled back with the seal. Called by
 -- the seal function only (not granted).
 CREATE OR REPLACE FUNCTION @schema@.dbq_committed_event_id_v1(wait_ms integer)
@@ -145,6 +147,7 @@ DECLARE
     writers text[];
     until timestamptz := clock_timestamp() + make_interval(secs => wait_ms / 1000.0);
     here oid := (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+    pause float8 := 0.001;
 BEGIN
     IF (SELECT s.seqcache FROM pg_sequence s WHERE s.seqrelid = ids) > 1 THEN
         RAISE EXCEPTION 'django_dbq: the event id sequence % caches ids, so they come out of order; nothing is sealed', ids
@@ -168,7 +171,8 @@ BEGIN
                 USING ERRCODE = 'lock_not_available',
                       HINT = 'A transaction that appends and stays open holds back the seals; the next seal tries again.';
         END IF;
-        PERFORM pg_sleep(0.002);
+        PERFORM pg_sleep(pause);
+        pause := least(pause * 2, 0.02);
     END LOOP;
     RETURN highest;
 END

@@ -111,13 +111,12 @@ class Command(BaseCommand):
             events = replay_events(using=options["database"], slice_bytes=options["slice_bytes"])
             self.stdout.write(f"replayed {events} events in {time.perf_counter() - started:.2f}s")
             return
-        proof = self._verify_beside(
+        result, proof = self._verify_beside(
             options,
             lambda: verify_projection(
                 using=options["database"], slice_bytes=options["slice_bytes"]
             ),
         )
-        result = self._projection_result
         elapsed = time.perf_counter() - started
         if result.ok and proof.ok:
             self.stdout.write(
@@ -144,8 +143,10 @@ class Command(BaseCommand):
             self.stderr.write(f"  {queue_drift.describe()}")
         raise SystemExit(1)
 
-    def _verify_beside(self, options: dict[str, Any], rebuild: Callable[[], Any]) -> Proof:
-        """The chains and seals checked while `rebuild` compares the projection.
+    def _verify_beside(
+        self, options: dict[str, Any], rebuild: Callable[[], Any]
+    ) -> tuple[Any, Proof]:
+        """`rebuild`'s result, and the chains and seals checked while it compares the projection.
 
         Outside a transaction the check runs on a connection of its own, in a
         thread, at the same time as the rebuild (each reads its own snapshot);
@@ -154,8 +155,8 @@ class Command(BaseCommand):
         """
         using = options["database"]
         if connections[using].in_atomic_block:
-            self._projection_result = rebuild()
-            return self._verify_proof(options)
+            result = rebuild()
+            return result, self._verify_proof(options)
         found: dict[str, Any] = {}
 
         def check() -> None:
@@ -169,12 +170,12 @@ class Command(BaseCommand):
         thread = threading.Thread(target=check, name="dbq-verify-proof")
         thread.start()
         try:
-            self._projection_result = rebuild()
+            result = rebuild()
         finally:
             thread.join()
         if "error" in found:
             raise found["error"]
-        return found["proof"]
+        return result, found["proof"]
 
     def _verify_proof(self, options: dict[str, Any]) -> Proof:
         try:
