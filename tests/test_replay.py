@@ -456,7 +456,11 @@ def test_replay__keeps_the_projection_indexes():
     replay_events()
 
     assert indexes() == before
-    assert {row[0] for row in before} >= {"django_dbq_job_claimable", "django_dbq_job_leased"}
+    assert {row[0] for row in before} >= {
+        "django_dbq_job_ready",
+        "django_dbq_job_scheduled",
+        "django_dbq_job_leased",
+    }
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"

@@ -69,10 +69,13 @@ def test_claim_query__is_served_by_the_partial_index():
         cursor.execute("EXPLAIN " + claim_statement(), params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
-    # The ready jobs come off the index in claim order: no scan of the table, no sort.
+    # The ready jobs come off their index in claim order, the due scheduled ones off
+    # theirs by run_after: no scan of the table, no sort before the rows are locked.
     lines = [line.strip() for line in plan.splitlines()]
-    lock_rows = next(i for i, line in enumerate(lines) if line.startswith("->  LockRows"))
-    assert "Index Scan using django_dbq_job_claimable" in lines[lock_rows + 1], plan
+    locked = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("->  LockRows")]
+    assert len(locked) == 2, plan
+    assert "Index Scan using django_dbq_job_scheduled" in locked[0], plan
+    assert "Index Scan using django_dbq_job_ready" in locked[1], plan
     assert "Seq Scan on django_dbq_job " not in plan, plan
 
 

@@ -51,8 +51,11 @@ SELECT * FROM dbq_expire_leases_v4(%(worker)s::text, %(limit)s::integer, %(rules
 
 -- name: jobs_seconds_until_due
 -- Seconds until the soonest scheduled job of a queue comes due; NULL when none waits.
+-- The first entry after now of django_dbq_job_scheduled (its condition repeated),
+-- whatever the number of jobs scheduled.
 SELECT EXTRACT(EPOCH FROM min(run_after) - now())::float8
 FROM django_dbq_job
 WHERE queue_name = %(queue_name)s
   AND state IN ('NEW', 'READY')
+  AND run_after > created
   AND run_after > now()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import uuid
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -19,6 +18,7 @@ from django.utils.module_loading import import_string
 
 from django_dbq import tasks
 from django_dbq.exceptions import InvalidJobError, ProjectionWriteError
+from django_dbq.ids import uuid7
 from django_dbq.triggers import SqlFunctionTrigger
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,8 @@ class Job(models.Model):
         COMPLETE = "COMPLETE"
         CANCELLED = "CANCELLED"
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Time-ordered (ids.py): a new job's index entries go where the recent ones are.
+    id = models.UUIDField(primary_key=True, default=uuid7, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     modified = models.DateTimeField(auto_now=True)
     name = models.CharField(max_length=100)
@@ -265,13 +266,26 @@ class Job(models.Model):
         # One partial index instead of django-db-queue's five single-column ones: every
         # transition changes `state`, so each index on the table is written per event.
         indexes = [
-            # Serves the worker's claim: ready jobs of a queue in claim order.
+            # Serves the worker's claim (events/sql/worker.sql) and the counts of
+            # waiting jobs: the waiting jobs of a queue, those scheduled for later
+            # (run_after after created) apart, the others in claim order.
             models.Index(
                 "queue_name",
+                models.ExpressionWrapper(
+                    Q(run_after__isnull=False) & Q(run_after__gt=models.F("created")),
+                    output_field=models.BooleanField(),
+                ),
                 models.F("priority").desc(),
                 "created",
-                name="django_dbq_job_claimable",
+                name="django_dbq_job_ready",
                 condition=Q(state__in=["NEW", "READY"]),
+            ),
+            # The jobs scheduled for later, by run_after: the claim reads the due
+            # ones, the idle worker the next one, none the jobs still waiting.
+            models.Index(
+                fields=["queue_name", "run_after"],
+                name="django_dbq_job_scheduled",
+                condition=Q(state__in=["NEW", "READY"]) & Q(run_after__gt=models.F("created")),
             ),
             # Serves lease expiry: the running jobs, soonest lease first.
             models.Index(

@@ -183,6 +183,15 @@ $$;
 -- The pause is read as each claim starts, so every worker that claims with this
 -- function honours a pause at its next claim, and a restart changes nothing; a
 -- claim that started before the pause committed may still take its batch.
+-- Since migration 0019 the ready jobs come from two indexes, so that a claim reads
+-- only jobs it may take, whatever the number of jobs scheduled for later:
+-- django_dbq_job_ready holds the waiting jobs in claim order, those due from
+-- their creation apart from those scheduled for later (run_after after created);
+-- django_dbq_job_scheduled holds the latter by run_after, and gives the ones due
+-- now, earliest due first. The claim takes up to max_jobs of each, locked, and
+-- keeps the first max_jobs of both in claim order: the exact claim order while
+-- fewer than max_jobs scheduled jobs are due at once, and the earliest due of
+-- them otherwise. The rows it locks and does not keep are free when it commits.
 CREATE OR REPLACE FUNCTION @schema@.dbq_claim_jobs_v4(
     p_queue_name text, max_jobs integer, p_worker text, p_key text, p_host text, p_pid integer,
     lease_seconds float8, p_names text[] DEFAULT NULL
@@ -204,21 +213,46 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY
-    WITH ready AS (
+    WITH due AS (
+        -- Scheduled jobs whose time has come (django_dbq_job_scheduled).
         SELECT j.id, j.created, j.name, j.next_task, j.workspace, j.queue_name,
                j.priority, j.run_after, j.version, j.state, j.attempts, j.head
         FROM @schema@.django_dbq_job j
         WHERE j.queue_name = p_queue_name
           AND j.state IN ('NEW', 'READY')
+          AND j.run_after > j.created
+          AND j.run_after <= now()
+          AND (p_names IS NULL OR j.name = ANY(p_names))
+        ORDER BY j.run_after
+        LIMIT max_jobs
+        FOR UPDATE SKIP LOCKED
+    ), waiting AS (
+        -- The others, in claim order (django_dbq_job_ready). The test of run_after
+        -- holds for all of them but one whose created a save moved past it.
+        SELECT j.id, j.created, j.name, j.next_task, j.workspace, j.queue_name,
+               j.priority, j.run_after, j.version, j.state, j.attempts, j.head
+        FROM @schema@.django_dbq_job j
+        WHERE j.queue_name = p_queue_name
+          AND j.state IN ('NEW', 'READY')
+          AND (j.run_after IS NOT NULL AND j.run_after > j.created) IS FALSE
           AND (j.run_after IS NULL OR j.run_after <= now())
           AND (p_names IS NULL OR j.name = ANY(p_names))
         ORDER BY j.priority DESC, j.created
         LIMIT max_jobs
         FOR UPDATE SKIP LOCKED
+    ), ready AS (
+        SELECT u.id, u.created, u.name, u.next_task, u.workspace, u.queue_name,
+               u.priority, u.run_after, u.version, u.state, u.attempts, u.head
+        FROM (
+            SELECT d.*, 0 AS source, row_number() OVER () AS rank FROM due d
+            UNION ALL
+            SELECT w.*, 1, row_number() OVER () FROM waiting w
+        ) u
+        ORDER BY u.priority DESC, u.created, u.source, u.rank
+        LIMIT max_jobs
     ), placed AS (
-        -- In the order the claim index gave the rows (claim order; ties of
-        -- priority and creation time as the index holds them): the batch's
-        -- order, in the events and in the rows returned.
+        -- In claim order (ties of priority and creation time as the indexes
+        -- give them): the batch's order, in the events and in the rows returned.
         SELECT r.*, row_number() OVER () AS position,
                CASE WHEN r.version > 1 THEN (
                    SELECT e.kind FROM @schema@.django_dbq_jobevent e
