@@ -9,9 +9,13 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.paginator import Paginator
+from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.functional import cached_property
 
+from django_dbq import tasks
 from django_dbq.events.models import JobEvent, QueueEvent
 from django_dbq.exceptions import InvalidQueueError
 from django_dbq.projections.models import Job, Queue
@@ -50,6 +54,106 @@ def _pause_or_resume(
     )
     if unchanged:
         model_admin.message_user(request, f"{state}: {', '.join(unchanged)}.", messages.INFO)
+
+
+# Changelists count no more rows than this; a list of more is counted from the
+# table's estimate (unfiltered) or shown as "10,000+" (filtered).
+COUNT_UP_TO = 10_000
+
+
+class _AtLeast(int):
+    """A count that stopped at COUNT_UP_TO + 1: "10,000+" on the page, a number to the paginator."""
+
+    def __str__(self) -> str:
+        return f"{COUNT_UP_TO:,}+"
+
+
+class _About(int):
+    """The planner's estimate of a table's rows: "about 1,234,567" on the page."""
+
+    def __str__(self) -> str:
+        return f"about {int(self):,}"
+
+
+class LedgerPaginator(Paginator):
+    """Counts a changelist of the ledger or the projection without reading their history.
+
+    Unfiltered, a table of more than COUNT_UP_TO rows is counted from its estimate
+    (pg_class.reltuples, which ANALYZE and autovacuum keep current); a filtered
+    list is counted up to COUNT_UP_TO + 1 rows. Either reads a page's worth of
+    work, however many million events lie behind it; pages past the count are
+    reached through filters.
+    """
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if not queryset.query.where:
+            estimate = _estimated_rows(queryset)
+            if estimate > COUNT_UP_TO:
+                return _About(estimate)
+        found = queryset.order_by()[: COUNT_UP_TO + 1].count()
+        return _AtLeast(found) if found > COUNT_UP_TO else found
+
+
+def _estimated_rows(queryset: QuerySet) -> int:
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.reltuples::bigint FROM pg_catalog.pg_class c WHERE c.oid = %s::regclass",
+            [connections[queryset.db].ops.quote_name(queryset.model._meta.db_table)],
+        )
+        (rows,) = cursor.fetchone()
+    return rows
+
+
+class _ListFilterOfLiveJobs(admin.SimpleListFilter):
+    """A filter whose choices come from the waiting and running jobs, not from history.
+
+    Django's own filter of a field lists its distinct values over the whole
+    table; this one reads the jobs that wait or run (through their indexes), and
+    keeps a value chosen in the URL. Finished jobs of other values are found with
+    ?<field>=<value>.
+    """
+
+    field = ""
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        jobs = model_admin.get_queryset(request)
+        values = set(self.more_values())
+        # One query per partial index: waiting jobs (django_dbq_job_ready), running
+        # ones (django_dbq_job_leased).
+        for states in (("NEW", "READY"), ("PROCESSING", "STOPPING")):
+            values |= set(
+                jobs.filter(state__in=states)
+                .order_by()
+                .values_list(self.field, flat=True)
+                .distinct()
+            )
+        if self.value():
+            values.add(self.value())
+        return [(value, value) for value in sorted(values)]
+
+    def more_values(self) -> list[str]:
+        return []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+
+
+class JobNameFilter(_ListFilterOfLiveJobs):
+    title = "name"
+    parameter_name = field = "name"
+
+    def more_values(self) -> list[str]:
+        return list(tasks.known_job_names())
+
+
+class QueueNameFilter(_ListFilterOfLiveJobs):
+    title = "queue name"
+    parameter_name = field = "queue_name"
+
+    def more_values(self) -> list[str]:
+        return list(Queue.objects.values_list("name", flat=True))
 
 
 class JobEventInline(admin.TabularInline):
@@ -101,7 +205,9 @@ class JobAdmin(admin.ModelAdmin):
         "created",
         "modified",
     )
-    list_filter = ("state", "queue_name", "name")
+    list_filter = ("state", QueueNameFilter, JobNameFilter)
+    paginator = LedgerPaginator
+    show_full_result_count = False
     # A unique key exactly, or text of the workspace.
     search_fields = ("=unique_key", "workspace__icontains")
     ordering = ("-created",)
@@ -177,6 +283,8 @@ class JobEventAdmin(admin.ModelAdmin):
 
     list_display = ("at", "job_id", "version", "kind")
     list_filter = ("kind",)
+    paginator = LedgerPaginator
+    show_full_result_count = False
     search_fields = ("=job__id",)
     ordering = ("-id",)
 

@@ -127,3 +127,45 @@ def test_ledger_admin__is_read_only_for_every_user(admin_client):
     assert listing.status_code == 200
     assert (add.status_code, change.status_code, delete.status_code) == (403, 403, 403)
     assert JobEvent.objects.get().kind == "created"
+
+
+def test_changelists__count_a_long_history_without_reading_it(admin_client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    Job.objects.bulk_create(
+        [Job(name="testjob", state="COMPLETE", queue_name="old") for _ in range(10_500)]
+    )
+    Job.objects.create(name="testjob", queue_name="live")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_dbq_job")
+        cursor.execute("ANALYZE django_dbq_jobevent")
+
+    with CaptureQueriesContext(connection) as queries:
+        jobs = changelist(admin_client)
+        finished = changelist(admin_client, state__exact="COMPLETE")
+        events = admin_client.get(reverse("admin:django_dbq_jobevent_changelist"))
+        old = changelist(admin_client, queue_name="old")
+
+    for page in (jobs, finished, events, old):
+        assert page.status_code == 200
+    assert str(jobs.context["cl"].result_count).startswith("about 10,")
+    assert str(events.context["cl"].result_count).startswith("about 10,")
+    assert str(finished.context["cl"].result_count) == "10,000+"
+    assert len(old.context["cl"].result_list) == 100
+    # Every count stops at 10,001 rows or reads the estimate; no filter's choices
+    # come from a scan of all jobs.
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts and all("LIMIT 10001" in sql for sql in counts), counts
+    assert not [
+        q["sql"]
+        for q in queries.captured_queries
+        if "DISTINCT" in q["sql"].upper() and '"state" IN' not in q["sql"]
+    ]
+    # The queue filter offers the queues with live jobs (and the one chosen).
+    choices = [c["display"] for c in jobs.context["cl"].filter_specs[1].choices(jobs.context["cl"])]
+    assert "live" in choices and "old" not in choices
+    names = [c["display"] for c in jobs.context["cl"].filter_specs[2].choices(jobs.context["cl"])]
+    assert "testjob" in names
+    chosen = old.context["cl"].filter_specs[1].choices(old.context["cl"])
+    assert [c["display"] for c in chosen if c["selected"]] == ["old"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, router, transaction
 from psycopg import sql as psycopg_sql
 
 from django_dbq.exceptions import DbqError
@@ -144,15 +144,18 @@ def _load(value: Any) -> dict[str, Any] | None:
 
 
 def projection_as_of(
-    when: datetime, job_ids: Sequence[uuid.UUID] | None = None, using: str = DEFAULT_DB_ALIAS
+    when: datetime, job_ids: Sequence[uuid.UUID] | None = None, using: str | None = None
 ) -> list[Job]:
     """The Job rows as they were at `when`, rebuilt from the ledger; the live table is untouched.
 
     With job_ids only those jobs are rebuilt (cheap); without, the whole
-    projection is. An audit read (see _audit_read): nothing waits for it.
+    projection is. An audit read (see _audit_read): nothing waits for it. On the
+    database Django's routers read the ledger from (db_for_read), unless `using`.
     """
+    from django_dbq.events.models import JobEvent
     from django_dbq.projections.models import Job
 
+    using = using or router.db_for_read(JobEvent)
     ids = None if job_ids is None else list(job_ids)
     with _audit_read(using) as (cursor, one_snapshot):
         _rebuild(cursor, one_snapshot, until=when, job_ids=ids)
@@ -179,7 +182,17 @@ def _audit_read(using: str) -> Iterator[tuple[Any, bool]]:
     ):
         _pin_search_path(cursor)
         one_snapshot = outermost or _run(cursor, "audit_isolation").fetchone()[0]
-        _run(cursor, "scratch_projection")
+        try:
+            _run(cursor, "scratch_projection")
+        except DatabaseError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.ReadOnlySqlTransaction):
+                raise
+            raise DbqError(
+                f"Database {using!r} is read-only (a hot standby, or default_transaction_read_only): "
+                "as_of and verify rebuild the jobs into TEMP tables, which it cannot create. "
+                "Read them from the primary or a logical replica (using=..., or your router's "
+                "db_for_read); job history, stats and counts read from a hot standby."
+            ) from None
         yield cursor, one_snapshot
         transaction.set_rollback(True, using)
 

@@ -5,22 +5,31 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import connections, router
 
 from django_dbq import tasks
 from django_dbq.sqlfiles import bind, load_queries
 
 WINDOW_MINUTES = 5
+# Pages of the projection read to count finished jobs (about 16 MB).
+SAMPLE_PAGES = 2000
 
 
-def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
+def queue_stats(using: str | None = None) -> dict[str, dict[str, Any]]:
     """Per queue: jobs per state, oldest waiting job's age (s), completed and failed per minute,
     the waiting jobs whose name these settings do not know (workers here leave them), and,
-    for a paused queue (listed even with no jobs), its pause: reason, by, role, since."""
+    for a paused queue (listed even with no jobs), its pause: reason, by, role, since.
+
+    On the database Django's routers read jobs from (db_for_read), unless `using`."""
+    from django_dbq.projections.models import Job
+
+    using = using or router.db_for_read(Job)
     queries = load_queries("django_dbq.projections")
     stats: dict[str, dict[str, Any]] = defaultdict(
         lambda: {
             "states": {},
+            # The states whose count is an estimate (finished jobs of a large projection).
+            "estimated": [],
             "oldest_waiting_seconds": None,
             "completed_per_minute": 0.0,
             "failed_per_minute": 0.0,
@@ -29,9 +38,20 @@ def queue_stats(using: str = DEFAULT_DB_ALIAS) -> dict[str, dict[str, Any]]:
         }
     )
     with connections[using].cursor() as cursor:
-        cursor.execute(queries["stats_by_queue_and_state"])
+        cursor.execute(queries["stats_live_by_queue_and_state"])
         for queue, state, count in cursor.fetchall():
             stats[queue]["states"][state] = count
+        # Finished jobs are history: counted exactly in a projection of up to
+        # SAMPLE_PAGES pages, estimated from that many pages picked at random in a
+        # larger one, so that the count reads the same whatever lies behind it.
+        cursor.execute(queries["stats_job_pages"])
+        pages = cursor.fetchone()[0]
+        percent = 100.0 if pages <= SAMPLE_PAGES else 100.0 * SAMPLE_PAGES / pages
+        cursor.execute(*bind(queries["stats_finished_by_queue_and_state"], {"percent": percent}))
+        for queue, state, count in cursor.fetchall():
+            stats[queue]["states"][state] = round(count * 100.0 / percent)
+            if percent < 100.0:
+                stats[queue]["estimated"].append(state)
         cursor.execute(queries["stats_oldest_waiting"])
         for queue, age in cursor.fetchall():
             stats[queue]["oldest_waiting_seconds"] = round(age, 3)

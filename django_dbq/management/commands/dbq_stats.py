@@ -6,6 +6,7 @@ import orjson
 from django.core.management.base import BaseCommand, CommandParser
 
 from django_dbq.models import Job
+from django_dbq.projections import stats as job_stats
 from django_dbq.projections.stats import WINDOW_MINUTES, queue_stats
 
 
@@ -33,7 +34,11 @@ class Command(BaseCommand):
             rows.append(
                 [
                     queue,
-                    *(str(row["states"].get(state, 0)) for state in states),
+                    *(
+                        ("~" if state in row["estimated"] else "")
+                        + str(row["states"].get(state, 0))
+                        for state in states
+                    ),
                     "-" if age is None else f"{age:.1f}s",
                     f"{row['completed_per_minute']:g}",
                     f"{row['failed_per_minute']:g}",
@@ -48,6 +53,11 @@ class Command(BaseCommand):
         self.stdout.write(
             f"(done/min and failed/min: last {WINDOW_MINUTES} minutes, from the ledger)"
         )
+        if any(row["estimated"] for row in stats.values()):
+            self.stdout.write(
+                f"(~: estimated from {job_stats.SAMPLE_PAGES:,} pages of the jobs picked at random; "
+                "waiting and running jobs are counted exactly)"
+            )
         for queue, row in stats.items():
             if pause := row["paused"]:
                 self.stdout.write(
