@@ -181,6 +181,47 @@ def check_ledger_key(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 
 @register()
+def check_retention_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """DBQ_RETENTION_HOURS is unset or a number (E019); DBQ_RETENTION_SECONDS and
+    DBQ_RETENTION_BATCH are positive numbers (E020, E021)."""
+    from django_dbq.events.append import retention_batch
+    from django_dbq.worker.retention import retention_hours, retention_seconds
+
+    errors = []
+    try:
+        hours = retention_hours()
+    except (TypeError, ValueError):
+        hours = float("nan")
+    if hours is not None and not hours == hours:  # NaN: not a number
+        errors.append(
+            Error(
+                f"DBQ_RETENTION_HOURS is {getattr(settings, 'DBQ_RETENTION_HOURS', None)!r}; "
+                "it is the age in hours past which workers delete finished jobs.",
+                hint="Set DBQ_RETENTION_HOURS to a number of hours, e.g. 168, or leave it unset "
+                "for workers that delete nothing (manage.py delete_old_jobs still does).",
+                id="django_dbq.E019",
+            )
+        )
+    for name, read, code, example in (
+        ("DBQ_RETENTION_SECONDS", retention_seconds, "E020", "3600"),
+        ("DBQ_RETENTION_BATCH", retention_batch, "E021", "5000"),
+    ):
+        try:
+            ok = read() > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            errors.append(
+                Error(
+                    f"{name} is {getattr(settings, name, None)!r}; it must be a positive number.",
+                    hint=f"Set {name} to a positive number, e.g. {example}, or leave it unset.",
+                    id=f"django_dbq.{code}",
+                )
+            )
+    return errors
+
+
+@register()
 def check_jobs_setting(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """Every job in settings.JOBS has tasks, and every task and hook path imports."""
     jobs = tasks.get_jobs_setting()

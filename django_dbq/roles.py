@@ -96,6 +96,7 @@ WORKER_FUNCTIONS = (
     "dbq_record_and_claim_v2(text, jsonb, text, integer, text, text, integer, float8, text[])",
 )
 RETENTION_FUNCTIONS = (
+    "dbq_delete_old_jobs_v5(timestamptz, uuid, integer)",
     "dbq_delete_old_jobs_v4(timestamptz)",
     # Signs the retirement records of the sealed events retention removed.
     "dbq_sign_retired_v1(bigint[], bytea[])",

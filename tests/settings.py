@@ -158,3 +158,11 @@ DBQ_SHUTDOWN_GRACE = (
 
 # The ledger's key (seals), for the manage.py processes of tests that seal.
 DBQ_LEDGER_KEY = os.environ.get("DBQ_TEST_LEDGER_KEY") or None
+
+# Retention by the workers, for the manage.py processes of tests that run it.
+DBQ_RETENTION_HOURS = (
+    float(os.environ["DBQ_TEST_RETENTION_HOURS"])
+    if "DBQ_TEST_RETENTION_HOURS" in os.environ
+    else None
+)
+DBQ_RETENTION_SECONDS = float(os.environ.get("DBQ_TEST_RETENTION_SECONDS", 3600))

@@ -897,6 +897,7 @@ def test_definer_functions__are_granted_not_public_and_pin_search_path(owned, ow
         "dbq_create_unique_jobs_v1": ["app", "worker"],
         "dbq_delete_old_jobs_v3": ["maintenance"],
         "dbq_delete_old_jobs_v4": ["maintenance"],
+        "dbq_delete_old_jobs_v5": ["maintenance"],
         "dbq_enqueue_ticks_v1": ["worker"],
         "dbq_expire_leases_v2": ["worker"],
         "dbq_expire_leases_v3": ["worker"],

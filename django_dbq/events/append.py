@@ -368,20 +368,48 @@ def _append(query: str, events: Sequence[tuple[uuid.UUID, str, str]], using: str
     return appended
 
 
-def delete_old_jobs(created_before: datetime, using: str = DEFAULT_DB_ALIAS) -> int:
+def delete_old_jobs(
+    created_before: datetime,
+    using: str = DEFAULT_DB_ALIAS,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Remove the whole histories of COMPLETE, FAILED and CANCELLED jobs created before a time.
 
-    The sealed events among them leave retirement records, signed here with
-    settings.DBQ_LEDGER_KEY in the same transaction, so the seals still verify.
+    In batches of `batch_size` jobs (settings.DBQ_RETENTION_BATCH, 5,000) in id
+    order, each in a transaction of its own when called outside one, so no batch
+    holds its locks for long and a run over millions of jobs lets the queue go
+    on; inside the caller's transaction, all of them in it. The sealed events
+    among them leave retirement records, signed here with settings.DBQ_LEDGER_KEY
+    in the batch's transaction, so the seals still verify. `progress` is called
+    after each batch with the jobs removed so far and the batches done.
     """
+    batch_size = retention_batch() if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size is {batch_size!r}; retention takes at least 1 job per batch.")
     outermost = not connections[using].in_atomic_block
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        if outermost:
-            # The database runs retention in READ COMMITTED only.
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        cursor.execute(
-            *bind(_queries()["events_delete_old_jobs"], {"created_before": created_before})
-        )
-        deleted = cursor.fetchone()[0]
-        sign_retired(cursor)
-        return deleted
+    deleted, batches, after = 0, 0, None
+    while True:
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            if outermost:
+                # The database runs retention in READ COMMITTED only.
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            params = {"created_before": created_before, "after_id": after, "max_jobs": batch_size}
+            cursor.execute(*bind(_queries()["events_delete_old_jobs"], params))
+            went, after = cursor.fetchone()
+            sign_retired(cursor)
+        deleted, batches = deleted + went, batches + 1
+        if progress is not None:
+            progress(deleted, batches)
+        if after is None:
+            return deleted
+
+
+def retention_batch() -> int:
+    """Jobs per retention batch (settings.DBQ_RETENTION_BATCH, default 5,000)."""
+    from django.conf import settings
+
+    return int(getattr(settings, "DBQ_RETENTION_BATCH", DEFAULT_RETENTION_BATCH))
+
+
+DEFAULT_RETENTION_BATCH = 5_000

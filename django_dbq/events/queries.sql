@@ -55,9 +55,13 @@ ORDER BY i.n
 RETURNING job_id, version, extract(epoch FROM at)::float8
 
 -- name: events_delete_old_jobs
--- The retention path: whole histories of finished jobs created before a time,
--- with unsigned retirement records of the sealed events among them (proof.sql).
-SELECT dbq_delete_old_jobs_v4(%(created_before)s::timestamptz)
+-- The retention path, one batch: of the `max_jobs` jobs after `after_id` in id
+-- order, the whole histories of the finished ones created before a time, with
+-- unsigned retirement records of the sealed events among them (proof.sql).
+-- Returns how many went and the batch's last id (NULL: no job was left).
+SELECT * FROM dbq_delete_old_jobs_v5(
+    %(created_before)s::timestamptz, %(after_id)s::uuid, %(max_jobs)s::integer
+)
 
 -- name: jobs_cancel
 -- Cancel jobs: waiting ones at once, running ones after their current task.

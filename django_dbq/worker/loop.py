@@ -17,6 +17,7 @@ from django_dbq.projections.models import Job
 from django_dbq.runner import Outcome, run_task
 from django_dbq.worker.compat import OneJobAtATime
 from django_dbq.worker.heartbeat import Heartbeat
+from django_dbq.worker.retention import Retention
 from django_dbq.worker.schedules import Scheduling
 from django_dbq.worker.sealing import Sealing
 from django_dbq.worker.wait import Waiting
@@ -24,7 +25,7 @@ from django_dbq.worker.wait import Waiting
 logger = logging.getLogger("django_dbq.worker")
 
 
-class Worker(Heartbeat, Waiting, Scheduling, Sealing, OneJobAtATime):
+class Worker(Heartbeat, Waiting, Scheduling, Sealing, Retention, OneJobAtATime):
     """A worker for one queue; `run()` processes jobs until told to stop.
 
     `process_job()` and `_process_job()` are django-db-queue 3.3's one-job step (compat.py).
@@ -79,9 +80,10 @@ class Worker(Heartbeat, Waiting, Scheduling, Sealing, OneJobAtATime):
                 self._stop_requested.wait(backoff)
 
     def process_batch(self) -> None:
-        """Enqueue due ticks, seal when due; record the last batch's outcomes and claim the next batch, then run it."""
+        """Enqueue due ticks, seal and start retention when due; record the last batch's outcomes and claim the next batch, then run it."""
         self._enqueue_due_ticks()  # a comparison of the clock unless a tick is due
         self._seal_if_due()  # likewise
+        self._retain_if_due()  # likewise; the run itself is a thread of its own
         self._release_unstarted(overdue_only=False)  # left over when a release failed
         jobs = self._claim()
         self._run_after_hooks()  # of outcomes a failed flush left to the claim

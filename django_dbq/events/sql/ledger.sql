@@ -486,8 +486,29 @@ $$;
 CREATE OR REPLACE FUNCTION @schema@.dbq_retire_old_jobs_v1(created_before timestamptz, record_sealed boolean)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
+BEGIN
+    -- All of them in one statement: dbq_retire_old_jobs_v2 without a batch.
+    RETURN (SELECT r.deleted FROM @schema@.dbq_retire_old_jobs_v2(
+        created_before, record_sealed, NULL::uuid, NULL::integer) r);
+END
+$$;
+
+
+-- dbq_retire_old_jobs_v2: dbq_retire_old_jobs_v1 in batches. Of the jobs whose
+-- id comes after `after_id` (NULL: from the first), the first `max_jobs` in id
+-- order (NULL: all of them) are looked at, and those that may go go; returns
+-- how many went and the last id looked at (NULL once no job is left to look
+-- at). A caller that passes each batch's last id to the next, in a transaction
+-- of its own, goes over the projection once, and no batch holds its locks for
+-- longer than max_jobs jobs take. Called by dbq_retire_old_jobs_v1 and
+-- dbq_delete_old_jobs_v5 only (not granted).
+CREATE OR REPLACE FUNCTION @schema@.dbq_retire_old_jobs_v2(
+    created_before timestamptz, record_sealed boolean, after_id uuid, max_jobs integer
+)
+RETURNS TABLE (deleted bigint, last_id uuid)
+LANGUAGE plpgsql AS $$
 DECLARE
-    deleted bigint;
+    batch text := '';
     kept text := '';
     reference record;
     sealed_below bigint;
@@ -529,6 +550,24 @@ BEGIN
         ' LEFT JOIN @schema@.django_dbq_jobevent p ON p.job_id = e.job_id AND p.version = e.version - 1'
         ' WHERE e.job_id = j.id AND e.hash IS DISTINCT FROM @schema@.dbq_event_hash_v1('
         'p.hash, e.job_id, e.version::integer, e.kind::text, e.payload, e.at))';
+    IF max_jobs IS NOT NULL THEN
+        IF max_jobs < 1 THEN
+            RAISE EXCEPTION 'django_dbq: a retention batch takes at least 1 job, not %', max_jobs
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- The batch: the next max_jobs ids (the primary key, in order).
+        SELECT w.id INTO last_id FROM (
+            SELECT j.id FROM @schema@.django_dbq_job j
+            WHERE after_id IS NULL OR j.id > after_id
+            ORDER BY j.id LIMIT max_jobs) w
+        ORDER BY w.id DESC LIMIT 1;
+        IF last_id IS NULL THEN
+            deleted := 0;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        batch := ' AND ($3 IS NULL OR j.id > $3) AND j.id <= $4';
+    END IF;
     PERFORM set_config('dbq.retention', 'on', true);
     PERFORM set_config('dbq.applying', 'on', true);
     -- Locking the rows first keeps a job from being requeued by a concurrent
@@ -538,7 +577,7 @@ BEGIN
             SELECT j.id FROM @schema@.django_dbq_job j
             WHERE (j.state IN ('COMPLETE', 'FAILED', 'CANCELLED')
                    OR (j.state = 'STOPPING' AND (j.lease_until IS NULL OR j.lease_until < now())))
-              AND j.created < $1 %s
+              AND j.created < $1 %s %s
             FOR UPDATE OF j
         ), history AS (
             DELETE FROM @schema@.django_dbq_jobevent WHERE job_id IN (SELECT id FROM doomed)
@@ -558,11 +597,12 @@ BEGIN
             GROUP BY s.id
         )
         DELETE FROM @schema@.django_dbq_job WHERE id IN (SELECT id FROM doomed)
-    $sql$, kept) USING created_before, COALESCE(sealed_below, 0);
+    $sql$, batch, kept)
+    USING created_before, COALESCE(sealed_below, 0), after_id, last_id;
     GET DIAGNOSTICS deleted = ROW_COUNT;
     PERFORM set_config('dbq.retention', '', true);
     PERFORM set_config('dbq.applying', '', true);
-    RETURN deleted;
+    RETURN NEXT;
 END
 $$;
 
@@ -587,5 +627,26 @@ RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN @schema@.dbq_retire_old_jobs_v1(created_before::timestamptz, true);
+END
+$$;
+
+
+-- dbq_delete_old_jobs_v5: dbq_delete_old_jobs_v4 in batches (dbq_retire_old_jobs_v2):
+-- one batch of `max_jobs` jobs after `after_id` per call, each in a transaction
+-- of the caller's with its retirement records signed (Job.objects.delete_old()).
+-- Granted to the maintenance role only.
+CREATE OR REPLACE FUNCTION @schema@.dbq_delete_old_jobs_v5(
+    created_before timestamptz, after_id uuid, max_jobs integer
+)
+RETURNS TABLE (deleted bigint, last_id uuid)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF max_jobs IS NULL THEN
+        RAISE EXCEPTION 'django_dbq: a retention batch needs a number of jobs'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass max_jobs (Job.objects.delete_old() passes DBQ_RETENTION_BATCH), or call dbq_delete_old_jobs_v4 for one statement.';
+    END IF;
+    RETURN QUERY SELECT r.deleted, r.last_id FROM @schema@.dbq_retire_old_jobs_v2(
+        created_before::timestamptz, true, after_id::uuid, max_jobs::integer) r;
 END
 $$;
