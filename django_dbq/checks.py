@@ -192,13 +192,16 @@ def check_retention_settings(app_configs: Any = None, **kwargs: Any) -> list[Err
         hours = retention_hours()
     except (TypeError, ValueError):
         hours = float("nan")
-    if hours is not None and not hours == hours:  # NaN: not a number
+    # Not NaN, not infinite (no age), above 0 (0 or less: every finished job, however new).
+    if hours is not None and not 0 < hours < float("inf"):
         errors.append(
             Error(
                 f"DBQ_RETENTION_HOURS is {getattr(settings, 'DBQ_RETENTION_HOURS', None)!r}; "
-                "it is the age in hours past which workers delete finished jobs.",
+                "it is the age in hours past which workers delete finished jobs, a number above "
+                "0 (with 0 or less every worker would delete every finished job, however new).",
                 hint="Set DBQ_RETENTION_HOURS to a number of hours, e.g. 168, or leave it unset "
-                "for workers that delete nothing (manage.py delete_old_jobs still does).",
+                "for workers that delete nothing (manage.py delete_old_jobs --hours N still does, "
+                "0 included).",
                 id="django_dbq.E019",
             )
         )

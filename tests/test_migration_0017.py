@@ -51,9 +51,21 @@ NEW = (
 LEASE_KEY = "k" * 64
 
 
+# Made or replaced in place by later migrations (0019 replaced the claim, listed
+# above): a way back past them restores or drops them.
+CHANGED_LATER = (
+    "dbq_delete_old_jobs_v5",  # 0021
+    "dbq_retire_old_jobs_v2",  # 0021
+    "dbq_replay_events_v5",  # 0022
+    "dbq_replay_events_scratch_v5",  # 0022
+    "dbq_replay_copy_scratch_v5",  # 0022
+)
+
+
 def unchanged(listed):
-    """The functions 0017 neither made nor changed, by signature."""
-    return {k: v for k, v in listed.items() if k.split("(")[0] not in CHANGED_BY_0017 + NEW}
+    """The functions neither 0017 nor a later migration made or changed, by signature."""
+    skip = CHANGED_BY_0017 + NEW + CHANGED_LATER
+    return {k: v for k, v in listed.items() if k.split("(")[0] not in skip}
 
 
 @pytest.fixture

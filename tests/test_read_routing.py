@@ -113,13 +113,20 @@ def test_dbq_stats__estimates_finished_jobs_of_a_large_projection_and_counts_liv
     Job.objects.bulk_create([Job(name="testjob", state="COMPLETE") for _ in range(20_000)])
     Job.objects.bulk_create([Job(name="testjob", run_after=timezone.now() + timedelta(days=1))])
     Job.objects.bulk_create([Job(name="testjob") for _ in range(7)])
+    # A single failed job elsewhere: counted exactly, whatever the sample.
+    Job.objects.create(name="testjob", state="FAILED", queue_name="rare")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_dbq_job")
 
-    data = orjson.loads(run("dbq_stats", "--json"))["queues"]["default"]
+    queues = orjson.loads(run("dbq_stats", "--json"))["queues"]
+    data = queues["default"]
     table = run("dbq_stats")
 
     assert data["states"]["NEW"] == 8  # exactly
     assert data["estimated"] == ["COMPLETE"]
     assert 14_000 < data["states"]["COMPLETE"] < 26_000
-    assert "~" in table and "estimated from 200 pages" in table
+    assert queues["rare"]["states"]["FAILED"] == 1
+    assert queues["rare"]["estimated"] == ["COMPLETE"]  # shown as ~0
+    assert "~" in table and "COMPLETE estimated from 200 pages" in table
+    rare = next(line.split() for line in table.splitlines() if line.startswith("rare "))
+    assert rare[5:7] == ["1", "~0"]  # FAILED, COMPLETE

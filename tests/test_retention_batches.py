@@ -54,9 +54,9 @@ def test_delete_old__in_batches_each_committed_keeps_what_must_stay():
         delete_old_jobs(timezone.now() - timedelta(hours=24), batch_size=4, progress=progress) == 10
     )
 
-    # 13 jobs in batches of 4, then one that finds none left; each batch was
-    # committed when the next began.
-    assert [b for _, b, _ in seen] == [1, 2, 3, 4, 5]
+    # 13 jobs in batches of 4, the last ending at the greatest id of the start;
+    # each batch was committed when the next began.
+    assert [b for _, b, _ in seen] == [1, 2, 3, 4]
     assert seen[-1][0] == 10
     assert [count for _, _, count in seen] == sorted(count for _, _, count in seen)[::-1]
     assert seen[-1][2] == 3

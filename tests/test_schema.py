@@ -69,13 +69,15 @@ def test_claim_query__is_served_by_the_partial_index():
         cursor.execute("EXPLAIN " + claim_statement(), params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
-    # The ready jobs come off their index in claim order, the due scheduled ones off
-    # theirs by run_after: no scan of the table, no sort before the rows are locked.
+    # The ready jobs come off their index in claim order (no sort); the due scheduled
+    # ones off theirs, the due ones only, sorted. No scan of the table.
     lines = [line.strip() for line in plan.splitlines()]
-    locked = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("->  LockRows")]
+    locked = [i for i, line in enumerate(lines) if line.startswith("->  LockRows")]
     assert len(locked) == 2, plan
-    assert "Index Scan using django_dbq_job_scheduled" in locked[0], plan
-    assert "Index Scan using django_dbq_job_ready" in locked[1], plan
+    assert lines[locked[0] + 1].startswith("->  Sort"), plan
+    scan = next(line for line in lines[locked[0] + 2 :] if line.startswith("->"))
+    assert "Index Scan using django_dbq_job_scheduled" in scan, plan
+    assert "Index Scan using django_dbq_job_ready" in lines[locked[1] + 1], plan
     assert "Seq Scan on django_dbq_job " not in plan, plan
 
 

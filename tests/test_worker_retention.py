@@ -103,7 +103,7 @@ def test_worker_role__is_told_once_that_it_may_not_run_retention_and_goes_on(rol
     process = rv.worker_process(
         roles,
         env={
-            "DBQ_TEST_RETENTION_HOURS": "-1",
+            "DBQ_TEST_RETENTION_HOURS": "0.0001",
             "DBQ_TEST_RETENTION_SECONDS": "0.001",
             "DBQ_POLL_SECONDS": "0.1",
         },
@@ -122,3 +122,39 @@ def test_worker_role__is_told_once_that_it_may_not_run_retention_and_goes_on(rol
     warned = [line for line in err.decode().splitlines() if "event=retention_error" in line]
     assert len(warned) == 1, err.decode()[-3000:]
     assert "permission denied" in warned[0] and "ledger_grants --maintenance" in warned[0]
+
+
+def test_worker_role_with_the_maintenance_grants__runs_retention(roles):
+    # What the README says to do for retention by the workers.
+    granted = roles.manage(
+        "owner", "ledger_grants", "--execute", "--maintenance", roles.roles["worker"]
+    )
+    assert granted.returncode == 0, granted.stderr[-2000:]
+    with roles.connect("app") as app:
+        old = rv.create_job(app, state="COMPLETE")
+        waiting = rv.create_job(app, queue="elsewhere")
+    time.sleep(0.5)  # older than the 0.0001 hours below
+    process = rv.worker_process(
+        roles,
+        env={
+            "DBQ_TEST_RETENTION_HOURS": "0.0001",
+            "DBQ_TEST_RETENTION_SECONDS": "0.001",
+            "DBQ_POLL_SECONDS": "0.1",
+        },
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with roles.connect("owner") as owner:
+            ids = [row[0] for row in owner.execute("SELECT id FROM django_dbq_job").fetchall()]
+        if old not in ids:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 0, err[-2000:]
+    assert old not in ids, "the worker deleted no old job"
+    assert waiting in ids  # not finished: kept
+    assert b"event=retention_error" not in err

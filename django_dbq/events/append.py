@@ -379,7 +379,9 @@ def delete_old_jobs(
     In batches of `batch_size` jobs (settings.DBQ_RETENTION_BATCH, 5,000) in id
     order, each in a transaction of its own when called outside one, so no batch
     holds its locks for long and a run over millions of jobs lets the queue go
-    on; inside the caller's transaction, all of them in it. The sealed events
+    on; inside the caller's transaction, all of them in it. The run ends at the
+    greatest job id it started with: jobs enqueued meanwhile do not keep it going
+    (with time-ordered ids they come after it). The sealed events
     among them leave retirement records, signed here with settings.DBQ_LEDGER_KEY
     in the batch's transaction, so the seals still verify. `progress` is called
     after each batch with the jobs removed so far and the batches done.
@@ -389,6 +391,9 @@ def delete_old_jobs(
         raise ValueError(f"batch_size is {batch_size!r}; retention takes at least 1 job per batch.")
     outermost = not connections[using].in_atomic_block
     deleted, batches, after = 0, 0, None
+    with connections[using].cursor() as cursor:
+        cursor.execute(_queries()["events_last_job_id"])
+        last = cursor.fetchone()
     while True:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
             if outermost:
@@ -401,7 +406,7 @@ def delete_old_jobs(
         deleted, batches = deleted + went, batches + 1
         if progress is not None:
             progress(deleted, batches)
-        if after is None:
+        if after is None or last is None or after >= last[0]:
             return deleted
 
 

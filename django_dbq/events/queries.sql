@@ -63,6 +63,11 @@ SELECT * FROM dbq_delete_old_jobs_v5(
     %(created_before)s::timestamptz, %(after_id)s::uuid, %(max_jobs)s::integer
 )
 
+-- name: events_last_job_id
+-- The greatest job id now: a retention run goes no further, so jobs enqueued
+-- while it runs do not keep it going.
+SELECT id FROM django_dbq_job ORDER BY id DESC LIMIT 1
+
 -- name: jobs_cancel
 -- Cancel jobs: waiting ones at once, running ones after their current task.
 SELECT * FROM dbq_cancel_jobs_v2(%(job_ids)s::uuid[], %(reason)s::text)

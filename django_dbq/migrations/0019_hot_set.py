@@ -6,6 +6,8 @@
   later, by run_after. A claim reads the due ones of the latter and the first
   of the former; the idle worker's "seconds until the next due job" reads one
   entry. Behind a million jobs scheduled for tomorrow, neither reads them.
+- django_dbq_job_failed: the FAILED and CANCELLED jobs of each queue, which
+  dbq_stats counts exactly without reading the completed ones.
 - dbq_claim_jobs_v4 reads both (replaced in place: same arguments, same
   results).
 - Storage settings of the two tables: the projection keeps free space in its
@@ -39,6 +41,11 @@ SCHEDULED = models.Index(
     fields=["queue_name", "run_after"],
     name="django_dbq_job_scheduled",
     condition=Q(state__in=["NEW", "READY"]) & Q(run_after__gt=models.F("created")),
+)
+FAILED = models.Index(
+    fields=["queue_name"],
+    name="django_dbq_job_failed",
+    condition=Q(state__in=["FAILED", "CANCELLED"]),
 )
 CLAIMABLE = models.Index(
     "queue_name",
@@ -94,13 +101,13 @@ def _drop(schema_editor, index: models.Index) -> None:
 
 
 def build_indexes(apps, schema_editor):
-    _build(apps, schema_editor, READY)
-    _build(apps, schema_editor, SCHEDULED)
+    for index in (READY, SCHEDULED, FAILED):
+        _build(apps, schema_editor, index)
 
 
 def drop_indexes(apps, schema_editor):
-    _drop(schema_editor, READY)
-    _drop(schema_editor, SCHEDULED)
+    for index in (READY, SCHEDULED, FAILED):
+        _drop(schema_editor, index)
 
 
 def install_claim(apps, schema_editor):
@@ -140,6 +147,7 @@ class Migration(migrations.Migration):
                 migrations.RemoveIndex(model_name="job", name="django_dbq_job_claimable"),
                 migrations.AddIndex(model_name="job", index=READY),
                 migrations.AddIndex(model_name="job", index=SCHEDULED),
+                migrations.AddIndex(model_name="job", index=FAILED),
             ],
         ),
         migrations.RunSQL(*_storage("django_dbq_job", JOB_STORAGE)),

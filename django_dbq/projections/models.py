@@ -287,6 +287,13 @@ class Job(models.Model):
                 name="django_dbq_job_scheduled",
                 condition=Q(state__in=["NEW", "READY"]) & Q(run_after__gt=models.F("created")),
             ),
+            # The failed and cancelled jobs of each queue: counted exactly (dbq_stats)
+            # and listed without reading the completed ones.
+            models.Index(
+                fields=["queue_name"],
+                name="django_dbq_job_failed",
+                condition=Q(state__in=["FAILED", "CANCELLED"]),
+            ),
             # Serves lease expiry: the running jobs, soonest lease first.
             models.Index(
                 "lease_until",

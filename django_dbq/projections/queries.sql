@@ -137,25 +137,29 @@ WHERE (l.*) IS DISTINCT FROM (r.*)
 ORDER BY 1
 
 -- name: stats_live_by_queue_and_state
--- How many jobs each queue holds waiting and running, exactly: one read of each
--- partial index (django_dbq_job_ready, django_dbq_job_leased).
+-- How many jobs each queue holds waiting, running, failed and cancelled, exactly:
+-- one read of each partial index (django_dbq_job_ready, django_dbq_job_leased,
+-- django_dbq_job_failed).
 SELECT queue_name, state, count(*) FROM django_dbq_job
 WHERE state IN ('NEW', 'READY') GROUP BY 1, 2
 UNION ALL
 SELECT queue_name, state, count(*) FROM django_dbq_job
 WHERE state IN ('PROCESSING', 'STOPPING') GROUP BY 1, 2
+UNION ALL
+SELECT queue_name, state, count(*) FROM django_dbq_job
+WHERE state IN ('FAILED', 'CANCELLED') GROUP BY 1, 2
 
 -- name: stats_job_pages
 -- The projection's size in pages, as VACUUM and ANALYZE last measured it.
 SELECT c.relpages FROM pg_catalog.pg_class c WHERE c.oid = 'django_dbq_job'::regclass
 
--- name: stats_finished_by_queue_and_state
--- How many finished jobs each queue holds in each state, from `percent` of the
--- projection's pages picked at random (100: all, exactly), to be scaled up.
-SELECT queue_name, state, count(*)
+-- name: stats_completed_by_queue
+-- How many COMPLETE jobs each queue holds, from `percent` of the projection's
+-- pages picked at random (100: all, exactly), to be scaled up.
+SELECT queue_name, count(*)
 FROM django_dbq_job TABLESAMPLE SYSTEM (%(percent)s::float8)
-WHERE state IN ('COMPLETE', 'FAILED', 'CANCELLED')
-GROUP BY 1, 2
+WHERE state = 'COMPLETE'
+GROUP BY 1
 
 -- name: stats_oldest_waiting
 -- Per queue, the age in seconds of the oldest job that could run now and waits.

@@ -105,6 +105,8 @@ class Retention(WorkerState):
                 self._next_retention_at = float("inf")
             else:
                 logger.warning("event=retention_error worker=%s error=%r", self.worker_id, str(exc))
+        except Exception as exc:  # noqa: BLE001 (the thread logs what it meets and ends)
+            logger.warning("event=retention_error worker=%s error=%r", self.worker_id, repr(exc))
         else:
             logger.info(
                 "event=retention worker=%s deleted=%s hours=%s seconds=%.3f",

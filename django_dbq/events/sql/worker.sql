@@ -188,10 +188,11 @@ $$;
 -- django_dbq_job_ready holds the waiting jobs in claim order, those due from
 -- their creation apart from those scheduled for later (run_after after created);
 -- django_dbq_job_scheduled holds the latter by run_after, and gives the ones due
--- now, earliest due first. The claim takes up to max_jobs of each, locked, and
--- keeps the first max_jobs of both in claim order: the exact claim order while
--- fewer than max_jobs scheduled jobs are due at once, and the earliest due of
--- them otherwise. The rows it locks and does not keep are free when it commits.
+-- now. The claim takes up to max_jobs of each in claim order, locked, and keeps
+-- the first max_jobs of both: django-db-queue's order (priority, then creation
+-- time) over every due job. The due scheduled jobs are sorted for it, as many as
+-- are due at once (few, but for a mass of jobs scheduled for the same time); the
+-- rows it locks and does not keep are free again when it commits.
 CREATE OR REPLACE FUNCTION @schema@.dbq_claim_jobs_v4(
     p_queue_name text, max_jobs integer, p_worker text, p_key text, p_host text, p_pid integer,
     lease_seconds float8, p_names text[] DEFAULT NULL
@@ -223,7 +224,7 @@ BEGIN
           AND j.run_after > j.created
           AND j.run_after <= now()
           AND (p_names IS NULL OR j.name = ANY(p_names))
-        ORDER BY j.run_after
+        ORDER BY j.priority DESC, j.created
         LIMIT max_jobs
         FOR UPDATE SKIP LOCKED
     ), waiting AS (

@@ -55,8 +55,8 @@ class Command(BaseCommand):
         )
         if any(row["estimated"] for row in stats.values()):
             self.stdout.write(
-                f"(~: estimated from {job_stats.SAMPLE_PAGES:,} pages of the jobs picked at random; "
-                "waiting and running jobs are counted exactly)"
+                f"(~: COMPLETE estimated from {job_stats.SAMPLE_PAGES:,} pages of the jobs picked "
+                "at random; the other states are counted exactly)"
             )
         for queue, row in stats.items():
             if pause := row["paused"]:
