@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
 import threading
 import time
 from argparse import ArgumentTypeError
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -19,6 +21,9 @@ from django_dbq.projections.replay import (
     verify_projection,
 )
 from django_dbq.seals import Proof, verify_proof
+
+# What dbq_replay_events_v5 (and its audit variants) say after each slice.
+SLICE_NOTICE = re.compile(r"dbq replay: slice (\d+) of (\d+), (\d+) events")
 
 
 def megabytes(text: str) -> int:
@@ -101,6 +106,43 @@ class Command(BaseCommand):
             raise CommandError(f"{str(exc).splitlines()[0]}\n{hint or ''}".strip()) from None
 
     def _replay(self, options: dict[str, Any]) -> None:
+        with self._progress(options):
+            self._replay_reporting(options)
+
+    @contextmanager
+    def _progress(self, options: dict[str, Any]) -> Iterator[None]:
+        """On a terminal (or with --verbosity 2), a line per slice of the rebuild: events, events/s, time left.
+
+        The replay functions send a NOTICE after each slice of a ledger larger than
+        --slice-mb; one slice says nothing.
+        """
+        if not (self.stderr.isatty() or options["verbosity"] >= 2):
+            yield
+            return
+        connection = connections[options["database"]]
+        connection.ensure_connection()
+        raw = connection.connection
+        started = time.perf_counter()
+
+        def show(diagnostic: Any) -> None:
+            found = SLICE_NOTICE.search(diagnostic.message_primary or "")
+            if found is None:
+                return
+            done, slices, events = (int(n) for n in found.groups())
+            elapsed = time.perf_counter() - started
+            left = elapsed / done * (slices - done)
+            self.stderr.write(
+                f"slice {done} of {slices}: {events:,} events, "
+                f"{events / max(elapsed, 1e-9):,.0f} events/s, about {left:.0f} s left"
+            )
+
+        raw.add_notice_handler(show)
+        try:
+            yield
+        finally:
+            raw.remove_notice_handler(show)
+
+    def _replay_reporting(self, options: dict[str, Any]) -> None:
         started = time.perf_counter()
         if options["since"] is not None and not options["verify"]:
             raise CommandError("--since SEAL goes with --verify: replay_events --verify --since 12")
