@@ -468,6 +468,13 @@ def audit_reads(pool: Pool) -> None:
     from django_dbq.projections.replay import verify_projection
 
     stop = threading.Event()
+    # The probes measure a running queue: they start once the workers claim (a
+    # worker process takes a second or two to start, which is not what is measured).
+    from django_dbq.models import JobEvent
+
+    deadline = time.monotonic() + 60
+    while not JobEvent.objects.filter(kind="claimed").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
     def auditor() -> None:
         try:
