@@ -2,7 +2,7 @@
 
     python benchmarks/retention.py --jobs 300000 --batch 5000
 
-Builds N finished jobs of three events each (as benchmarks/scale.py does), times
+Builds N finished jobs of three events each (benchmarks/replay.py's ledger), times
 Job.objects.delete_old() in batches of --batch (the longest batch is the longest
 any lock is held), then builds them again and times the previous release's one
 statement, dbq_delete_old_jobs_v4. Prints both and one JSON line.
@@ -16,7 +16,7 @@ import time
 from datetime import timedelta
 
 from common import machine, setup, sql
-from scale import build_history
+from replay import build_ledger
 
 
 def size_mb() -> float:
@@ -36,7 +36,7 @@ def main() -> None:
 
     from django_dbq.events.append import delete_old_jobs
 
-    build_history(args.jobs * 3)
+    build_ledger(args.jobs * 3, chunk=100_000)
     before = size_mb()
     marks = [time.perf_counter()]
     started = marks[0]
@@ -48,7 +48,7 @@ def main() -> None:
     batched = time.perf_counter() - started
     longest = max(b - a for a, b in zip(marks, marks[1:], strict=False))
 
-    build_history(args.jobs * 3)
+    build_ledger(args.jobs * 3, chunk=100_000)
     started = time.perf_counter()
     (one,) = sql("SELECT dbq_delete_old_jobs_v4(now() + interval '1 hour')")[0]
     single = time.perf_counter() - started

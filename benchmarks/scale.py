@@ -7,8 +7,8 @@ ledger (a ratio measured in the same run):
 
 1. empty ledger: drain of --jobs jobs with --workers workers; enqueue one by one
    (--one-by-one jobs) and in bulk (--per-call jobs per call);
-2. the same with --events events of finished jobs behind them (built by set-based
-   INSERTs through the ledger, as benchmarks/replay.py does, in other queues);
+2. the same with --events events of finished jobs behind them (benchmarks/replay.py's
+   ledger: set-based INSERTs through the ledger, in other queues);
 3. the drain again with --scheduled jobs scheduled for tomorrow in the drained queue;
 4. a drain of a --backlog-job backlog, whole, against a drain of --jobs jobs
    measured just before it (in a queue without scheduled jobs).
@@ -25,41 +25,31 @@ import argparse
 import json
 import statistics
 import time
+from datetime import datetime
 
 from common import machine, setup, sql, start_workers
+from replay import CLAIM_ALL, COMPLETE_ALL, build_ledger
 
 BUILD_CHUNK = 100_000
-CLAIM_ALL = """
-INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
-SELECT id, version + 1, 'claimed',
-       jsonb_build_object('worker', 'bench', 'host', 'h', 'pid', 1,
-                          'lease_until', now() + interval '30 seconds')
-FROM django_dbq_job WHERE state = 'NEW' AND queue_name = %s
-"""
-COMPLETE_ALL = """
-INSERT INTO django_dbq_jobevent (job_id, version, kind, payload)
-SELECT id, version + 1, 'completed',
-       jsonb_build_object('task', 'benchmarks.tasks.noop', 'worker', 'bench',
-                          'duration', 0.0001, 'workspace', '{}'::jsonb)
-FROM django_dbq_job WHERE state = 'PROCESSING' AND queue_name = %s
-"""
 
 
 def build_history(events: int) -> float:
-    """Finished jobs of three events each, in queues h0, h1, ...; returns seconds."""
+    """Finished jobs of three events each (replay.py's ledger, in queues r0, r1, ...); seconds."""
+    started = time.perf_counter()
+    build_ledger(events, chunk=BUILD_CHUNK)
+    return time.perf_counter() - started
+
+
+def enqueue_in_chunks(jobs: int, queue: str, run_after: datetime | None = None) -> None:
     from django_dbq.models import Job
 
-    started = time.perf_counter()
-    jobs = events // 3
     for start in range(0, jobs, BUILD_CHUNK):
-        queue = f"h{start // BUILD_CHUNK}"
         Job.objects.bulk_create(
-            [Job(name="noop", queue_name=queue) for _ in range(min(BUILD_CHUNK, jobs - start))]
+            [
+                Job(name="noop", queue_name=queue, run_after=run_after)
+                for _ in range(min(BUILD_CHUNK, jobs - start))
+            ]
         )
-        sql(CLAIM_ALL, [queue])
-        sql(COMPLETE_ALL, [queue])
-    vacuum()
-    return time.perf_counter() - started
 
 
 def vacuum() -> None:
@@ -92,12 +82,7 @@ def finish_queue(queue: str) -> None:
 
 def drain(jobs: int, workers: int, queue: str = "q0") -> float:
     """Enqueue `jobs` in bulk, drain them with `workers` worker processes: jobs/s."""
-    from django_dbq.models import Job
-
-    for start in range(0, jobs, BUILD_CHUNK):
-        Job.objects.bulk_create(
-            [Job(name="noop", queue_name=queue) for _ in range(min(BUILD_CHUNK, jobs - start))]
-        )
+    enqueue_in_chunks(jobs, queue)
     sql("ANALYZE django_dbq_job")
     (mark,) = sql("SELECT coalesce(max(id), 0) FROM django_dbq_jobevent")[0]
     processes = start_workers(workers, queue, "--burst")
@@ -155,16 +140,7 @@ def schedule(jobs: int, queue: str = "q0") -> None:
 
     from django.utils import timezone
 
-    from django_dbq.models import Job
-
-    tomorrow = timezone.now() + timedelta(days=1)
-    for start in range(0, jobs, BUILD_CHUNK):
-        Job.objects.bulk_create(
-            [
-                Job(name="noop", queue_name=queue, run_after=tomorrow)
-                for _ in range(min(BUILD_CHUNK, jobs - start))
-            ]
-        )
+    enqueue_in_chunks(jobs, queue, run_after=timezone.now() + timedelta(days=1))
     vacuum()
 
 

@@ -19,13 +19,13 @@ from django_dbq.models import Job
 from django_dbq.sqlfiles import load_queries
 from tests import scratch_roles as rv
 from tests.test_migration_0011 import functions, migrate, public
-from tests.test_schema import claim_statement
+from tests.test_schema import CLAIM_PARAMS, claim_statement
 
 KEY = "k" * 40
 
 
-def claim(limit: int, queue: str = "default") -> list[str]:
-    return [str(row[0]) for row in claim_jobs(queue, limit, "w", KEY, "h", 1, 30)]
+def claim(limit: int, queue: str = "default", names=None) -> list[str]:
+    return [str(row[0]) for row in claim_jobs(queue, limit, "w", KEY, "h", 1, 30, names=names)]
 
 
 def plan_nodes(plan: dict) -> list[dict]:
@@ -57,18 +57,6 @@ def age(job: Job, created, run_after) -> None:
     """A job created at `created`, scheduled for `run_after` (an `updated` event)."""
     job.created, job.run_after = created, run_after
     job.save()
-
-
-CLAIM_PARAMS = {
-    "p_queue_name": "default",
-    "max_jobs": 10,
-    "p_worker": "w",
-    "p_host": "h",
-    "p_pid": 1,
-    "until": "2030-01-01T00:00:00Z",
-    "key_hash": "0" * 64,
-    "p_names": None,
-}
 
 
 @pytest.mark.django_db(transaction=True)

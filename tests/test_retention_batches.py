@@ -137,3 +137,19 @@ def test_0021__grants_batches_to_the_maintenance_role_only_and_goes_back(at_0020
     assert functions(at_0020) == before
     migrate(at_0020)
     assert public(at_0020) == []
+
+
+def test_delete_old__a_temp_table_of_the_session_does_not_end_the_run_early():
+    finished(5)
+    with connection.cursor() as cursor:
+        # What a pooled server session may hold, left by another client: a
+        # django_dbq_job of its own that sorts first in the search_path.
+        cursor.execute("CREATE TEMP TABLE django_dbq_job (id uuid)")
+        cursor.execute("INSERT INTO django_dbq_job VALUES ('00000000-0000-0000-0000-000000000001')")
+        try:
+            deleted = delete_old_jobs(timezone.now() - timedelta(hours=24), batch_size=2)
+        finally:
+            cursor.execute("DROP TABLE pg_temp.django_dbq_job")
+
+    assert deleted == 5
+    assert Job.objects.count() == 0

@@ -21,24 +21,15 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from django_dbq.events.append import delete_old_jobs
-from django_dbq.events.claims import claim_jobs
 from django_dbq.ids import uuid7
 from django_dbq.models import Job
 from django_dbq.projections import stats as job_stats
 from tests import scratch_roles as rv
+from tests.test_hot_set import age, claim
 
 KEY = "k" * 40
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def claim(limit: int, queue: str = "default", names=None) -> list[str]:
-    return [str(row[0]) for row in claim_jobs(queue, limit, "w", KEY, "h", 1, 30, names=names)]
-
-
-def age(job: Job, created, run_after) -> None:
-    job.created, job.run_after = created, run_after
-    job.save()
 
 
 def raw_conn() -> psycopg.Connection:

@@ -50,20 +50,24 @@ def claim_statement():
     return statement
 
 
+# claim_statement()'s parameters: a claim of 10 from the default queue.
+CLAIM_PARAMS = {
+    "p_queue_name": "default",
+    "max_jobs": 10,
+    "p_worker": "w",
+    "p_host": "h",
+    "p_pid": 1,
+    "until": "2030-01-01T00:00:00Z",
+    "key_hash": "0" * 64,
+    "p_names": None,
+}
+
+
 @pytest.mark.django_db
 def test_claim_query__is_served_by_the_partial_index():
     Job.objects.bulk_create([Job(name="testjob", state="COMPLETE") for _ in range(5000)])
     Job.objects.bulk_create([Job(name="testjob") for _ in range(20)])
-    params = {
-        "p_queue_name": "default",
-        "max_jobs": 10,
-        "p_worker": "w",
-        "p_host": "h",
-        "p_pid": 1,
-        "until": "2030-01-01T00:00:00Z",
-        "key_hash": "0" * 64,
-        "p_names": ["testjob"],
-    }
+    params = {**CLAIM_PARAMS, "p_names": ["testjob"]}
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE django_dbq_job")
         cursor.execute("EXPLAIN " + claim_statement(), params)

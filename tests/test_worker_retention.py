@@ -96,11 +96,10 @@ def roles():
     rv.drop(db)
 
 
-def test_worker_role__is_told_once_that_it_may_not_run_retention_and_goes_on(roles):
-    with roles.connect("app") as app:
-        rv.create_job(app, state="COMPLETE")
-        job = rv.create_job(app)
-    process = rv.worker_process(
+def retaining_worker(roles):
+    """A worker process as the worker role that runs retention at every turn (jobs
+    older than 0.36 s)."""
+    return rv.worker_process(
         roles,
         env={
             "DBQ_TEST_RETENTION_HOURS": "0.0001",
@@ -110,6 +109,13 @@ def test_worker_role__is_told_once_that_it_may_not_run_retention_and_goes_on(rol
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
+
+
+def test_worker_role__is_told_once_that_it_may_not_run_retention_and_goes_on(roles):
+    with roles.connect("app") as app:
+        rv.create_job(app, state="COMPLETE")
+        job = rv.create_job(app)
+    process = retaining_worker(roles)
     time.sleep(4)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
@@ -134,16 +140,7 @@ def test_worker_role_with_the_maintenance_grants__runs_retention(roles):
         old = rv.create_job(app, state="COMPLETE")
         waiting = rv.create_job(app, queue="elsewhere")
     time.sleep(0.5)  # older than the 0.0001 hours below
-    process = rv.worker_process(
-        roles,
-        env={
-            "DBQ_TEST_RETENTION_HOURS": "0.0001",
-            "DBQ_TEST_RETENTION_SECONDS": "0.001",
-            "DBQ_POLL_SECONDS": "0.1",
-        },
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    process = retaining_worker(roles)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with roles.connect("owner") as owner:

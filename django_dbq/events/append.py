@@ -16,7 +16,7 @@ from django.db.backends.utils import CursorWrapper
 from django_dbq.clock import from_epoch, from_epochs
 from django_dbq.exceptions import DuplicateJobError, JobGoneError
 from django_dbq.seals import sign_retired
-from django_dbq.sqlfiles import bind, load_queries, positional_sql
+from django_dbq.sqlfiles import bind, load_queries, positional_sql, schema_of, with_schema
 
 
 class Appended(NamedTuple):
@@ -392,7 +392,8 @@ def delete_old_jobs(
     outermost = not connections[using].in_atomic_block
     deleted, batches, after = 0, 0, None
     with connections[using].cursor() as cursor:
-        cursor.execute(_queries()["events_last_job_id"])
+        query = _queries()["events_last_job_id"]
+        cursor.execute(with_schema(query, schema_of(cursor), cursor.connection))
         last = cursor.fetchone()
     while True:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:

@@ -65,8 +65,10 @@ SELECT * FROM dbq_delete_old_jobs_v5(
 
 -- name: events_last_job_id
 -- The greatest job id now: a retention run goes no further, so jobs enqueued
--- while it runs do not keep it going.
-SELECT id FROM django_dbq_job ORDER BY id DESC LIMIT 1
+-- while it runs do not keep it going. The table named with its schema (as
+-- proof.sql's unsigned_retired), so that no TEMP table of the session (a pooled
+-- server session another client left one in) ends the run early.
+SELECT id FROM @schema@.django_dbq_job ORDER BY id DESC LIMIT 1
 
 -- name: jobs_cancel
 -- Cancel jobs: waiting ones at once, running ones after their current task.

@@ -19,8 +19,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, connections
+from django.db import connections
 from django.utils import timezone
 
 from django_dbq.events.append import delete_old_jobs
@@ -80,7 +79,7 @@ class Retention(WorkerState):
         return now + seconds * random.uniform(0.0 if first else 0.5, 1.0)
 
     def _run_retention(self) -> None:
-        hours = retention_hours() or 0.0
+        hours = retention_hours()  # not None: the run was planned
         started = time.monotonic()
 
         def progress(deleted: int, batches: int) -> None:
@@ -93,20 +92,20 @@ class Retention(WorkerState):
             )
         except _Stopped:
             logger.info("event=retention_stopped worker=%s", self.worker_id)
-        except (DatabaseError, ImproperlyConfigured) as exc:
+        except Exception as exc:  # noqa: BLE001 (the thread logs what it meets and ends)
+            hint = ""
             if getattr(exc.__cause__, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
-                logger.warning(
-                    "event=retention_error worker=%s error=%r hint=%r",
-                    self.worker_id,
-                    str(exc),
+                hint = (
                     "DBQ_RETENTION_HOURS needs a role that may run retention (ledger_grants "
-                    "--maintenance); this worker will not try again",
+                    "--maintenance); this worker will not try again"
                 )
                 self._next_retention_at = float("inf")
-            else:
-                logger.warning("event=retention_error worker=%s error=%r", self.worker_id, str(exc))
-        except Exception as exc:  # noqa: BLE001 (the thread logs what it meets and ends)
-            logger.warning("event=retention_error worker=%s error=%r", self.worker_id, repr(exc))
+            logger.warning(
+                "event=retention_error worker=%s error=%r%s",
+                self.worker_id,
+                str(exc) or repr(exc),
+                f" hint={hint!r}" if hint else "",
+            )
         else:
             logger.info(
                 "event=retention worker=%s deleted=%s hours=%s seconds=%.3f",
