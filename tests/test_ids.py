@@ -45,3 +45,12 @@ def test_job_ids__a_version_4_id_given_by_the_caller_is_kept():
     given = uuid.uuid4()
     assert Job.objects.create(id=given, name="testjob").pk == given
     assert Job.objects.get(pk=given).name == "testjob"
+
+
+def test_uuid7__ids_made_one_after_another_grow_within_a_millisecond():
+    # A bulk_create's jobs, in the order of the list: their index entries go in order.
+    jobs = [Job(name="testjob") for _ in range(1000)]
+    ids = [job.pk for job in jobs]
+
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    assert (ids[-1].int >> 80) - (ids[0].int >> 80) < 50  # milliseconds, not an id each
